@@ -1,0 +1,58 @@
+"""Installation script of affectnet-tf."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "affectnet_tf" / "version.py").read_text()
+).group(1)
+
+INSTALL_REQUIRES = [
+    "tensorflow>=2.16",
+    "keras>=3.3",
+    "tensorflow-datasets>=4.9",
+    "numpy>=1.26",
+    "pandas>=2.0",
+    "scikit-learn>=1.3",
+    # Headless OpenCV: servers and CI have no GUI libraries (libGL, GTK).
+    "opencv-python-headless>=4.8",
+    "matplotlib>=3.7",
+    "mtcnn>=1.0",
+    "krippendorff>=0.6",
+    "pyyaml>=6.0",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest>=7.4",
+        "ruff>=0.4",
+        # Reference implementation the Dawid-Skene tests compare against.
+        "crowd-kit>=1.2",
+    ],
+    "beam": ["apache-beam>=2.50"],
+}
+
+setup(
+    name="affectnet-tf",
+    version=VERSION,
+    description=(
+        "Facial expression, valence and arousal on AffectNet and AffectNetC25 with "
+        "TensorFlow 2 / Keras 3, TFDS builders and crowd layers."
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["affectnet_tf*", "tfds_affectnet*", "crowd_layers*"]),
+    include_package_data=True,
+    package_data={"tfds_affectnet": ["**/*.tsv", "**/*.npz", "**/*.json"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

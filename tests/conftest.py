@@ -1,0 +1,40 @@
+"""Test configuration shared by the whole suite.
+
+Two logical CPU devices are configured before TensorFlow creates its context, so that
+``tf.distribute.MirroredStrategy`` tests can run with two replicas on a CPU-only machine.
+The default strategy still places everything on the first device.
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+try:
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+except RuntimeError:  # the context was already initialised by an earlier import
+    pass
+
+SHARED_C25 = Path(__file__).resolve().parents[2] / "shared" / "data" / "affectnetc25"
+SHARED_C25 = Path(os.environ.get("AFFECTNETC25_CSV_DIR", SHARED_C25))
+
+
+@pytest.fixture
+def c25_csv_dir():
+    """The real AffectNetC25 CSV folder, or a skip when it is absent (user machines)."""
+    if not (SHARED_C25 / "expression_set1_C25.csv").exists():
+        pytest.skip(f"real AffectNetC25 CSVs not found in {SHARED_C25} (set AFFECTNETC25_CSV_DIR)")
+    return SHARED_C25
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,71 @@
+"""Label orders and the AffectNetC25 remap, checked by name rather than by number."""
+
+import numpy as np
+import pytest
+
+from tfds_affectnet import labels
+
+C25_TO_CANONICAL_NAME = {
+    "happiness": "happy",
+    "sadness": "sad",
+    "surprise": "surprise",
+    "fear": "fear",
+    "disgust": "disgust",
+    "anger": "anger",
+    "contempt": "contempt",
+    "neutral": "neutral",
+}
+
+
+def test_canonical_order():
+    assert labels.EXPRESSION_NAMES == (
+        "neutral",
+        "happy",
+        "sad",
+        "surprise",
+        "fear",
+        "disgust",
+        "anger",
+        "contempt",
+    )
+    assert labels.expression_names(7) == labels.EXPRESSION_NAMES[:7]
+    assert "contempt" not in labels.expression_names(7)
+    assert labels.expression_names(11)[8:] == ("none", "uncertain", "no_face")
+
+
+def test_c25_remap_maps_by_name():
+    c25 = np.arange(8)
+    mapped = labels.c25_to_affectnet(c25)
+    for code, target in zip(c25, mapped):
+        c25_name = labels.C25_EXPRESSION_NAMES[code]
+        assert labels.EXPRESSION_NAMES[target] == C25_TO_CANONICAL_NAME[c25_name]
+    np.testing.assert_array_equal(labels.affectnet_to_c25(mapped), c25)
+
+
+def test_c25_remap_keeps_missing():
+    mapped = labels.c25_to_affectnet(np.array([[7, -1], [0, 6]]))
+    np.testing.assert_array_equal(mapped, [[0, -1], [1, 7]])
+    mapped = labels.c25_to_affectnet(np.array([7.0, np.nan]))
+    np.testing.assert_array_equal(mapped, [0, -1])
+
+
+@pytest.mark.parametrize("bad", [[8], [-3], [10]])
+def test_c25_remap_rejects_out_of_range(bad):
+    with pytest.raises(ValueError, match="0..7"):
+        labels.c25_to_affectnet(bad)
+
+
+def test_c25_remap_rejects_fractions():
+    with pytest.raises(ValueError, match="integer"):
+        labels.c25_to_affectnet([1.5])
+
+
+def test_seven_classes_drops_contempt_only():
+    codes, kept = labels.to_seven_classes(np.arange(8))
+    np.testing.assert_array_equal(kept, [True] * 7 + [False])
+    np.testing.assert_array_equal(codes, [0, 1, 2, 3, 4, 5, 6, -1])
+
+
+def test_expression_names_rejects_other_counts():
+    with pytest.raises(ValueError, match="num_classes=5"):
+        labels.expression_names(5)
