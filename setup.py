@@ -23,16 +23,20 @@ INSTALL_REQUIRES = [
     "mtcnn>=1.0",
     "krippendorff>=0.6",
     "pyyaml>=6.0",
+    # tensorflow-datasets uses it on every Python but declares it only below 3.9
+    # (tensorflow/datasets#11212).
+    "importlib_resources>=5",
 ]
 
 EXTRAS_REQUIRE = {
     "test": [
         "pytest>=7.4",
+        "dill",  # tfds.testing needs it
         "ruff>=0.4",
         # Reference implementation the Dawid-Skene tests compare against.
         "crowd-kit>=1.2",
     ],
-    "beam": ["apache-beam>=2.50"],
+    "beam": ["apache-beam>=2.50", "mlcroissant"],
 }
 
 setup(

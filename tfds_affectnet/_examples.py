@@ -1,0 +1,263 @@
+"""Row -> `Outcome` functions of the AffectNet and AffectNetC25 builders.
+
+They are small picklable objects holding the config's settings, so the plain loop and Apache
+Beam workers call exactly the same code. Labels are parsed before the image is read, so rows
+that a config excludes cost no decoding.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from tfds_affectnet import _generation, _images, _sources, labels
+
+__all__ = [
+    "EMOTIONS8",
+    "ALL11",
+    "LABEL_SETS",
+    "label_names",
+    "parse_expression",
+    "parse_va",
+    "exclusion_reason",
+    "read_bytes",
+    "AffectNetRowProcessor",
+    "C25RowProcessor",
+]
+
+EMOTIONS8 = "emotions8"
+ALL11 = "all11"
+LABEL_SETS = (EMOTIONS8, ALL11)
+BOX_COLUMNS = ("face_x", "face_y", "face_width", "face_height")
+VA_TOLERANCE = 1e-3
+
+MISSING_IMAGE = "missing image"
+CORRUPT_IMAGE = "corrupt or truncated image"
+BAD_ANNOTATION = "bad annotation"
+MISSING_ANNOTATION = "missing annotation file"
+BAD_FACE_BOX = "face box empty or outside the image"
+LANDMARKS_NAN = "landmarks unreadable, stored as NaN"
+
+
+def label_names(label_set):
+    """The ClassLabel names of a label set, in AffectNet's canonical order."""
+    if label_set == EMOTIONS8:
+        return labels.EXPRESSION_NAMES
+    if label_set == ALL11:
+        return labels.ALL_CATEGORY_NAMES
+    raise ValueError(f"`label_set` must be one of {LABEL_SETS}. Received: label_set={label_set!r}")
+
+
+def parse_expression(value):
+    """AffectNet's expression code 0..10 from a number or numeric string."""
+    number = _sources.parse_number(value)
+    if not float(number).is_integer() or not 0 <= number <= max(labels.NON_LABEL_CODES):
+        raise ValueError(f"expression code {value!r} is not an integer in 0..10")
+    return int(number)
+
+
+def parse_va(value, name):
+    """Valence or arousal in -1..1, or AffectNet's -2 (not annotated)."""
+    number = _sources.parse_number(value)
+    if number == labels.VA_MISSING:
+        return float(number)
+    if not np.isfinite(number) or abs(number) > 1.0 + VA_TOLERANCE:
+        raise ValueError(f"{name} {value!r} is outside -1..1 and not -2")
+    return float(np.clip(number, -1.0, 1.0))
+
+
+def exclusion_reason(code, valence, arousal, label_set):
+    """Why a row is not an example of the label set ('' when it is one)."""
+    if label_set == EMOTIONS8:
+        if code in labels.NON_LABEL_CODES:
+            return f"expression {code} ({labels.ALL_CATEGORY_NAMES[code]})"
+        if valence == labels.VA_MISSING or arousal == labels.VA_MISSING:
+            return "valence/arousal -2 (not annotated)"
+    return ""
+
+
+def read_bytes(path):
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        return handle.read()
+
+
+def _parse_box(row):
+    return tuple(float(row[column]) for column in BOX_COLUMNS)
+
+
+def _nan_landmarks():
+    return np.full((_sources.NUM_LANDMARKS, 2), np.nan, np.float32)
+
+
+def _decode(name, path):
+    """(image, None) or (None, skipped Outcome)."""
+    try:
+        data = read_bytes(path)
+    except tf.errors.NotFoundError as error:
+        return None, _generation.skipped(name, MISSING_IMAGE, error.message)
+    try:
+        return _images.decode_image(data), None
+    except _images.CorruptImageError as error:
+        return None, _generation.skipped(name, CORRUPT_IMAGE, str(error))
+
+
+def _full_release_face(name, row, images_dir, crop_margin, image_size, landmarks):
+    """Face crop of a full-release row: (jpeg, landmarks, None) or (None, None, skipped)."""
+    image, failure = _decode(name, f"{images_dir}/{row['file_name']}")
+    if failure is not None:
+        return None, None, failure
+    try:
+        box = _parse_box(row)
+        face, landmarks = _images.crop_face(image, box, crop_margin, image_size, landmarks)
+    except ValueError as error:
+        return None, None, _generation.skipped(name, BAD_FACE_BOX, str(error))
+    return _images.encode_jpeg(face), landmarks, None
+
+
+@dataclasses.dataclass(frozen=True)
+class AffectNetRowProcessor:
+    """Turns one row of either release into an `Outcome` for the ``affectnet`` builder.
+
+    Attributes:
+        release: `_sources.FULL` or `_sources.EIGHT_LABEL`.
+        label_set: "emotions8" or "all11".
+        image_size: side of the stored image.
+        crop_margin: fraction of the face box added on every side (full release).
+        images_dir: ``Manually_Annotated_Images`` (full release) or ``<split>_set/images``.
+        annotations_dir: ``<split>_set/annotations`` (8-label release).
+    """
+
+    release: str
+    label_set: str
+    image_size: int
+    crop_margin: float
+    images_dir: str
+    annotations_dir: str = ""
+
+    def __call__(self, row):
+        if self.release == _sources.FULL:
+            return self._full(row)
+        return self._eight_label(row)
+
+    def _labels(self, name, expression, valence, arousal):
+        """((code, valence, arousal), None) or (None, excluded / skipped Outcome)."""
+        try:
+            code = parse_expression(expression)
+            valence = parse_va(valence, "valence")
+            arousal = parse_va(arousal, "arousal")
+        except ValueError as error:
+            return None, _generation.skipped(name, BAD_ANNOTATION, str(error))
+        reason = exclusion_reason(code, valence, arousal, self.label_set)
+        if reason:
+            return None, _generation.excluded(name, reason)
+        return (code, valence, arousal), None
+
+    def _example(self, name, jpeg, label_values, landmarks, note):
+        code, valence, arousal = label_values
+        return _generation.example(
+            name,
+            {
+                "image": jpeg,
+                "expression": code,
+                "valence": np.float32(valence),
+                "arousal": np.float32(arousal),
+                "landmarks": landmarks,
+                "file_name": name,
+            },
+            note,
+        )
+
+    def _full(self, row):
+        name = row["file_name"]
+        label_values, outcome = self._labels(
+            name, row["expression"], row["valence"], row["arousal"]
+        )
+        if outcome is not None:
+            return outcome
+        try:
+            _parse_box(row)
+        except ValueError as error:
+            return _generation.skipped(name, BAD_ANNOTATION, f"face box: {error}")
+        note = ""
+        try:
+            landmarks = _sources.parse_landmarks(row["facial_landmarks"])
+        except ValueError:
+            landmarks, note = None, LANDMARKS_NAN
+        jpeg, landmarks, outcome = _full_release_face(
+            name, row, self.images_dir, self.crop_margin, self.image_size, landmarks
+        )
+        if outcome is not None:
+            return outcome
+        if landmarks is None:
+            landmarks = _nan_landmarks()
+        return self._example(name, jpeg, label_values, landmarks, note)
+
+    def _eight_label(self, row):
+        name = row["file_name"]
+        paths = _sources.eight_label_annotation_paths(self.annotations_dir, name)
+        try:
+            values = [_sources.load_npy(paths[suffix]) for suffix in ("exp", "val", "aro")]
+        except tf.errors.NotFoundError as error:
+            return _generation.skipped(name, MISSING_ANNOTATION, error.message)
+        except ValueError as error:
+            return _generation.skipped(name, BAD_ANNOTATION, str(error))
+        label_values, outcome = self._labels(name, *values)
+        if outcome is not None:
+            return outcome
+        note = ""
+        try:
+            landmarks = _sources.parse_landmarks(_sources.load_npy(paths["lnd"]))
+        except (tf.errors.NotFoundError, ValueError):
+            landmarks, note = None, LANDMARKS_NAN
+        image, outcome = _decode(name, f"{self.images_dir}/{name}")
+        if outcome is not None:
+            return outcome
+        face, landmarks = _images.resize_face(image, self.image_size, landmarks)
+        if landmarks is None:
+            landmarks = _nan_landmarks()
+        return self._example(name, _images.encode_jpeg(face), label_values, landmarks, note)
+
+
+@dataclasses.dataclass(frozen=True)
+class C25RowProcessor:
+    """Turns one joined AffectNetC25 row into an `Outcome` for the ``affectnet_c25`` builder.
+
+    A row holds the crowd answers (`_sources.read_c25_set`), "training" (its row of
+    training.csv) or "missing" (why the image is not available, for subset builds).
+    """
+
+    images_dir: str
+    image_size: int
+    crop_margin: float
+
+    def __call__(self, row):
+        name = row["file_name"]
+        if row.get("missing"):
+            return _generation.skipped(name, row["missing"], row.get("missing_detail", ""))
+        training = row["training"]
+        try:
+            code = parse_expression(training["expression"])
+            valence = parse_va(training["valence"], "valence")
+            arousal = parse_va(training["arousal"], "arousal")
+            _parse_box(training)
+        except ValueError as error:
+            return _generation.skipped(name, f"{BAD_ANNOTATION} in training.csv", str(error))
+        jpeg, _, outcome = _full_release_face(
+            name, training, self.images_dir, self.crop_margin, self.image_size, None
+        )
+        if outcome is not None:
+            return outcome
+        return _generation.example(
+            name,
+            {
+                "image": jpeg,
+                "file_name": name,
+                "affectnet_index": np.int64(row["affectnet_index"]),
+                "crowd_expression": row["crowd_expression"],
+                "crowd_valence": row["crowd_valence"],
+                "crowd_arousal": row["crowd_arousal"],
+                "affectnet_expression": np.int64(code),
+                "affectnet_valence": np.float32(valence),
+                "affectnet_arousal": np.float32(arousal),
+            },
+        )
