@@ -1,0 +1,199 @@
+"""``make_dataset`` end to end on dummy AffectNet and AffectNetC25 data."""
+
+import make_dummy_data
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from affectnet_tf import data
+from affectnet_tf.images import decode_image, resize_image
+from tfds_affectnet import AffectNetC25Config, AffectNetConfig
+
+STORED = 32
+C25 = AffectNetC25Config(name="pipeline_32", image_size=STORED)
+EIGHT = AffectNetConfig(name="pipeline_32", image_size=STORED)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("manual")
+    make_dummy_data.make_all(root)
+    data_dir = tmp_path_factory.mktemp("tfds")
+    for name, config in (("affectnet_c25", C25), ("affectnet", EIGHT)):
+        tfds.builder(name, config=config, data_dir=data_dir).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(root))
+        )
+    return data_dir
+
+
+def _c25(prepared, **kwargs):
+    kwargs.setdefault("image_size", 24)
+    kwargs.setdefault("batch_size", 4)
+    return data.make_dataset(
+        "affectnet_c25", "set1", config=C25, data_dir=prepared, return_info=True, **kwargs
+    )
+
+
+def _collect(dataset):
+    images, targets = [], []
+    for x, y in dataset.as_numpy_iterator():
+        images.append(x)
+        targets.append(y)
+    stack = lambda parts: (  # noqa: E731
+        {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if isinstance(parts[0], dict)
+        else np.concatenate(parts)
+    )
+    return np.concatenate(images), stack(targets)
+
+
+def _table_targets(prepared, **kwargs):
+    builder = tfds.builder("affectnet_c25", config=C25, data_dir=prepared)
+    table = data.load_label_table(builder, "set1")
+    targets, keep, _, _ = data.build_targets(table, **kwargs)
+    return table, targets, keep
+
+
+@pytest.mark.parametrize(
+    "task, target, shape",
+    [
+        ("exp", "mv", ()),
+        ("exp", "soft", (8,)),
+        ("exp", "ds", (8,)),
+        ("exp", "cv", (25,)),
+        ("exp", "original", ()),
+        ("aro", "mean", ()),
+        ("val", "median", ()),
+        ("val", "cv", (25,)),
+        ("va", "original", None),
+        ("all", "mv", None),
+    ],
+)
+def test_every_task_and_target(prepared, task, target, shape):
+    dataset, info = _c25(prepared, task=task, target=target)
+    images, targets = _collect(dataset)
+    assert images.dtype == np.uint8 and images.shape[1:] == (24, 24, 3)
+    assert len(images) == info.num_examples
+    assert info.num_annotators == 25
+    if shape is None:
+        expected_keys = {"valence", "arousal"} | ({"expression"} if task == "all" else set())
+        assert set(targets) == expected_keys
+        assert all(len(v) == len(images) for v in targets.values())
+    else:
+        assert targets.shape == (len(images),) + shape
+    # Evaluation order is file order: the targets are exactly the table's kept rows.
+    table, expected, keep = _table_targets(prepared, task=task, target=target)
+    if isinstance(expected, dict):
+        for key in expected:
+            np.testing.assert_allclose(targets[key], expected[key][keep], equal_nan=True)
+    else:
+        np.testing.assert_allclose(targets, expected[keep], equal_nan=True)
+
+
+def test_images_match_the_shared_decode_path(prepared):
+    dataset, _ = _c25(prepared, task="exp", target="mv", image_size=STORED)
+    images, _ = _collect(dataset)
+    builder = tfds.builder("affectnet_c25", config=C25, data_dir=prepared)
+    raw = builder.as_dataset(split="set1", decoders={"image": tfds.decode.SkipDecoding()})
+    table = data.load_label_table(builder, "set1")
+    by_name = {ex["file_name"]: ex["image"] for ex in raw.as_numpy_iterator()}
+    _, _, keep = _table_targets(prepared, task="exp", target="mv")
+    for image, name in zip(images, table["file_name"][keep]):
+        np.testing.assert_array_equal(image, decode_image(by_name[name]).numpy())
+    smaller, _ = _collect(_c25(prepared, task="exp", target="mv", image_size=16)[0])
+    first = decode_image(by_name[table["file_name"][keep][0]])
+    np.testing.assert_array_equal(smaller[0], resize_image(first, 16).numpy())
+
+
+def test_training_is_deterministic_with_a_seed(prepared):
+    runs = [_collect(_c25(prepared, training=True, seed=3)[0]) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    other = _collect(_c25(prepared, training=True, seed=4)[0])
+    assert not np.array_equal(runs[0][0], other[0])
+
+
+def test_augmentation_changes_images_but_keeps_targets(prepared):
+    plain, plain_targets = _collect(_c25(prepared, training=True, seed=1, augment=False)[0])
+    augmented, augmented_targets = _collect(_c25(prepared, training=True, seed=1)[0])
+    assert augmented.shape == plain.shape
+    np.testing.assert_array_equal(np.sort(plain_targets), np.sort(augmented_targets))
+    assert np.abs(augmented.astype(int) - plain.astype(int)).mean() > 1.0
+
+
+def test_augment_batch_is_stateless_and_geometric():
+    images = np.zeros((2, 40, 40, 3), np.uint8)
+    images[:, 10:30, 10:30] = 200
+    seed = tf.constant([5, 6], tf.int64)
+    first = data.augment_batch(images, seed, 32).numpy()
+    second = data.augment_batch(images, seed, 32).numpy()
+    np.testing.assert_array_equal(first, second)
+    assert first.shape == (2, 32, 32, 3) and first.dtype == np.uint8
+    # The bright square stays roughly in the middle and roughly bright.
+    assert first[:, 12:20, 12:20].mean() > 120 and first[:, :3, :3].mean() < 80
+    one = data.augment_image(images[0], seed, 32).numpy()
+    assert one.shape == (32, 32, 3)
+
+
+def test_seven_classes_remove_contempt(prepared):
+    dataset, info = _c25(prepared, task="exp", target="mv", num_classes=7)
+    _, targets = _collect(dataset)
+    assert targets.max() < 7
+    assert info.class_names[-1] == "anger" and len(info.class_names) == 7
+    assert info.to_dict()["num_classes"] == 7
+
+
+def test_subset_partitions_the_split(prepared):
+    full, info_full = _c25(prepared, task="exp", target="original")
+    _, info_train = _c25(
+        prepared, task="exp", target="original", subset="train", validation_fraction=0.5
+    )
+    _, info_val = _c25(
+        prepared, task="exp", target="original", subset="validation", validation_fraction=0.5
+    )
+    assert info_train.num_examples + info_val.num_examples == info_full.num_examples
+
+
+def test_class_weights_and_balanced_sampling(prepared):
+    dataset, info = _c25(
+        prepared, task="exp", target="mv", training=True, class_balanced=True, seed=0
+    )
+    counts = np.array(info.class_counts)
+    present = counts > 0
+    np.testing.assert_allclose(
+        np.array(list(info.class_weights.values()))[present] * counts[present],
+        counts.sum() / present.sum(),
+    )
+    seen = np.concatenate([y for _, y in dataset.repeat(20).take(40).as_numpy_iterator()])
+    assert set(seen) <= set(np.flatnonzero(present))
+    assert len(set(seen)) == present.sum()
+
+
+def test_single_label_dataset(prepared):
+    dataset, info = data.make_dataset(
+        "affectnet",
+        "train",
+        config=EIGHT,
+        data_dir=prepared,
+        task="va",
+        target="original",
+        image_size=16,
+        batch_size=3,
+        return_info=True,
+    )
+    _, targets = _collect(dataset)
+    assert info.num_annotators is None
+    assert np.all(np.abs(targets["valence"]) <= 1) and np.all(np.abs(targets["arousal"]) <= 1)
+    with pytest.raises(ValueError, match="needs crowd answers"):
+        data.make_dataset("affectnet", "train", config=EIGHT, data_dir=prepared, target="cv")
+
+
+def test_unknown_split_names_the_splits(prepared):
+    with pytest.raises(ValueError, match="has no split 'train'.*set1"):
+        data.make_dataset("affectnet_c25", "train", config=C25, data_dir=prepared)
+
+
+def test_name_with_split(prepared):
+    with pytest.raises(ValueError, match="Give a split"):
+        data.make_dataset("affectnet_c25", config=C25, data_dir=prepared)

@@ -1,0 +1,160 @@
+"""Targets of every kind computed from a label table, without any images."""
+
+import numpy as np
+import pytest
+
+from affectnet_tf import data
+
+
+def _table():
+    # 5 images, 4 annotators, AffectNet canonical codes; -1 = no answer.
+    crowd = np.array(
+        [
+            [1, 1, 1, 2],  # happy
+            [7, 7, 7, 0],  # contempt majority
+            [3, 3, 4, 4],  # tie surprise / fear
+            [-1, -1, -1, -1],  # nobody answered
+            [2, 7, 2, -1],  # sad, one contempt answer
+        ]
+    )
+    valence = np.array(
+        [
+            [0.5, 0.75, 1.0, np.nan],
+            [-0.25, -0.5, -0.25, -0.5],
+            [0.0, 0.0, 0.25, -2.0],  # -2 is not a value
+            [np.nan] * 4,
+            [-1.0, -0.75, -0.75, -0.5],
+        ]
+    )
+    return {
+        "file_name": np.array([b"a.jpg", b"b.png", b"c.jpg", b"d.jpg", b"e.JPG"]),
+        "crowd_expression": crowd,
+        "crowd_valence": valence.astype(np.float32),
+        "crowd_arousal": (valence * 0.5).astype(np.float32),
+        "affectnet_expression": np.array([1, 7, 9, 0, 2]),
+        "affectnet_valence": np.array([0.6, -0.3, -2.0, 0.1, -0.7], np.float32),
+        "affectnet_arousal": np.array([0.2, 0.1, -2.0, 0.0, 0.4], np.float32),
+    }
+
+
+def test_majority_vote_target_drops_rows_without_answers():
+    targets, keep, classes, extras = data.build_targets(_table(), task="exp", target="mv")
+    np.testing.assert_array_equal(keep, [True, True, True, False, True])
+    assert targets[0] == 1 and targets[1] == 7 and targets[4] == 2
+    assert targets[2] in (3, 4)
+    assert extras["tied_items"] == 1
+    assert extras["dropped"] == {"expression_no_answers": 1}
+    np.testing.assert_array_equal(classes[keep], targets[keep])
+
+
+def test_soft_and_ds_targets_are_distributions():
+    for target in ("soft", "ds"):
+        targets, keep, _, _ = data.build_targets(_table(), task="exp", target=target)
+        assert targets.shape == (5, 8)
+        np.testing.assert_allclose(targets[keep].sum(axis=1), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(targets[3], 0.0)
+    soft, _, _, _ = data.build_targets(_table(), task="exp", target="soft")
+    np.testing.assert_allclose(soft[0], [0, 0.75, 0.25, 0, 0, 0, 0, 0])
+
+
+def test_crowd_target_is_the_answer_matrix():
+    targets, keep, _, _ = data.build_targets(_table(), task="exp", target="cv")
+    np.testing.assert_array_equal(targets, _table()["crowd_expression"])
+    assert not keep[3]
+
+
+def test_seven_classes_drop_contempt():
+    targets, keep, _, extras = data.build_targets(_table(), task="exp", target="mv", num_classes=7)
+    assert not keep[1]  # majority contempt
+    assert targets[4] == 2
+    assert extras["dropped"]["expression_majority_contempt"] == 1
+    cv, _, _, _ = data.build_targets(_table(), task="exp", target="cv", num_classes=7)
+    assert (cv != 7).all()
+    np.testing.assert_array_equal(cv[4], [2, -1, 2, -1])
+    original, keep, _, extras = data.build_targets(
+        _table(), task="exp", target="original", num_classes=7
+    )
+    np.testing.assert_array_equal(keep, [True, False, False, True, True])
+    assert extras["dropped"] == {"expression_not_a_label": 1, "expression_contempt": 1}
+
+
+def test_original_expression_excludes_codes_8_to_10():
+    targets, keep, _, extras = data.build_targets(_table(), task="exp", target="original")
+    np.testing.assert_array_equal(keep, [True, True, False, True, True])
+    assert extras["dropped"] == {"expression_not_a_label": 1}
+
+
+def test_va_mean_median_ignore_missing_and_invalid():
+    mean, keep, _, _ = data.build_targets(_table(), task="val", target="mean")
+    np.testing.assert_allclose(mean[0], 0.75)
+    np.testing.assert_allclose(mean[2], 0.25 / 3)  # the -2 answer is not a value
+    assert not keep[3]
+    median, _, _, _ = data.build_targets(_table(), task="val", target="median")
+    np.testing.assert_allclose(median[4], -0.75)
+
+
+def test_va_original_drops_minus_two():
+    targets, keep, _, extras = data.build_targets(_table(), task="va", target="original")
+    assert set(targets) == {"valence", "arousal"}
+    np.testing.assert_array_equal(keep, [True, True, False, True, True])
+    assert extras["dropped"] == {"valence_not_a_label": 1, "arousal_not_a_label": 1}
+
+
+def test_va_crowd_target_masks_invalid_answers():
+    targets, _, _, _ = data.build_targets(_table(), task="val", target="cv")
+    assert targets.shape == (5, 4)
+    assert np.isnan(targets[2, 3])  # -2 is not a value
+    assert np.isnan(targets[0, 3])  # no answer
+    arousal, _, _, _ = data.build_targets(_table(), task="aro", target="cv")
+    assert arousal[2, 3] == -1.0  # half of -2 is a valid arousal
+
+
+def test_all_task_keeps_partial_rows_with_missing_markers():
+    targets, keep, _, _ = data.build_targets(_table(), task="all", target="mv")
+    assert set(targets) == {"expression", "valence", "arousal"}
+    assert not keep[3]  # nothing at all
+    table = _table()
+    targets, keep, _, _ = data.build_targets(table, task="all", target="original")
+    assert not keep[2]  # expression 9 and valence/arousal -2: no label at all
+    table["affectnet_arousal"][2] = 0.3
+    targets, keep, _, _ = data.build_targets(table, task="all", target="original")
+    assert keep[2]
+    assert targets["expression"][2] == -1 and np.isnan(targets["valence"][2])
+    np.testing.assert_allclose(targets["arousal"][2], 0.3)
+
+
+def test_crowd_target_on_single_label_dataset_is_an_error():
+    table = {
+        "file_name": np.array([b"x.jpg"]),
+        "expression": np.array([1]),
+        "valence": np.array([0.1], np.float32),
+        "arousal": np.array([0.1], np.float32),
+    }
+    with pytest.raises(ValueError, match="needs crowd answers.*target='cv'"):
+        data.build_targets(table, task="exp", target="cv")
+    targets, keep, _, _ = data.build_targets(table, task="exp", target="original")
+    assert targets[0] == 1 and keep[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"task": "emotion"}, "task='emotion'"),
+        ({"target": "majority"}, "target='majority'"),
+        ({"num_classes": 6}, "num_classes=6"),
+        ({"va_target": "soft", "task": "va"}, "va_target='soft'"),
+        ({"task": "exp", "target": "mean"}, "valence/arousal"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        data.build_targets(_table(), **kwargs)
+
+
+def test_subset_is_a_stable_partition():
+    names = np.array([f"{i:05d}.jpg".encode() for i in range(2000)])
+    train = data._in_subset(names, "train", 0.2)
+    validation = data._in_subset(names, "validation", 0.2)
+    assert not (train & validation).any() and (train | validation).all()
+    assert 0.15 < validation.mean() < 0.25
+    np.testing.assert_array_equal(validation, data._in_subset(names[::-1], "validation", 0.2)[::-1])
