@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "pandas>=2.0",
     "scikit-learn>=1.3",
+    "scipy>=1.10",  # sparse matrices in crowd_layers.aggregation.DawidSkene
     # Headless OpenCV: servers and CI have no GUI libraries (libGL, GTK).
     "opencv-python-headless>=4.8",
     "matplotlib>=3.7",

@@ -47,7 +47,8 @@ def check_long_format(answers, num_classes=None, name="answers"):
     """
     if not (isinstance(answers, tuple | list) and len(answers) == 3):
         raise ValueError(
-            f"`{name}` in long format must be a tuple (items, annotators, labels). Received: {type(answers).__name__}"
+            f"`{name}` in long format must be a tuple (items, annotators, labels). "
+            f"Received: type({name})={type(answers).__name__}"
         )
     arrays = []
     for part, values in zip(("items", "annotators", "labels"), answers):
@@ -56,10 +57,14 @@ def check_long_format(answers, num_classes=None, name="answers"):
             raise ValueError(f"`{name}` {part} must be 1-D. Received: {part}.shape={values.shape}")
         if values.dtype.kind == "f":
             if np.any(~np.isfinite(values)) or np.any(values != np.round(values)):
-                raise ValueError(f"`{name}` {part} must hold integers. Received dtype {values.dtype}")
+                raise ValueError(
+                    f"`{name}` {part} must hold integers. Received: {part}.dtype={values.dtype}"
+                )
         elif values.dtype.kind not in "iub":
-            raise ValueError(f"`{name}` {part} must hold integers. Received dtype {values.dtype}")
-        arrays.append(values.astype(np.int64))
+            raise ValueError(
+                f"`{name}` {part} must hold integers. Received: {part}.dtype={values.dtype}"
+            )
+        arrays.append(values.astype(np.int64, copy=False))
     items, annotators, labels = arrays
     if not len(items) == len(annotators) == len(labels):
         raise ValueError(
@@ -67,11 +72,16 @@ def check_long_format(answers, num_classes=None, name="answers"):
             f"Received: {len(items)}, {len(annotators)}, {len(labels)}"
         )
     keep = labels != -1
-    items, annotators, labels = items[keep], annotators[keep], labels[keep]
+    if not keep.all():
+        items, annotators, labels = items[keep], annotators[keep], labels[keep]
     for part, values in (("items", items), ("annotators", annotators)):
         if values.size and values.min() < 0:
-            raise ValueError(f"`{name}` {part} must be non-negative. Received minimum {values.min()}")
-    if labels.size and (labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes)):
+            raise ValueError(
+                f"`{name}` {part} must be non-negative. Received: min({part})={values.min()}"
+            )
+    if labels.size and (
+        labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes)
+    ):
         upper = f"0..{num_classes - 1}" if num_classes is not None else "non-negative"
         raise ValueError(
             f"`{name}` labels must be {upper} (or -1 for no answer). "

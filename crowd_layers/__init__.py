@@ -1,0 +1,53 @@
+"""Crowd layers for Keras 3: learning from the raw answers of many annotators.
+
+A Keras 3 re-implementation of Rodrigues & Pereira, "Deep Learning from Crowds", AAAI 2018
+(reference code: github.com/fmpr/CrowdLayer), with the reference's public names, plus a
+confusion-matrix layer with the trace regulariser of Tanno et al. (CVPR 2019), masked losses,
+and the label aggregators that serve as baselines (majority vote, Dawid-Skene, agreement).
+
+Importing the package registers every layer and loss with Keras, so a saved model reloads with
+``keras.models.load_model(path)`` and no ``custom_objects``.
+
+This package imports nothing else of affectnet-tf.
+"""
+
+from crowd_layers.aggregation import (
+    DawidSkene,
+    fleiss_kappa,
+    krippendorff_alpha,
+    majority_vote,
+    mean_answer,
+    median_answer,
+    vote_distribution,
+)
+from crowd_layers.layers import CrowdsClassification, CrowdsConfusion, CrowdsRegression
+from crowd_layers.losses import (
+    MaskedMultiCrossEntropy,
+    MaskedMultiMSE,
+    MaskedMultiSequenceCrossEntropy,
+    masked_multi_cross_entropy,
+    masked_multi_mse,
+)
+from crowd_layers.models import prediction_model
+from crowd_layers.trainers import CrowdsBinaryAggregator, CrowdsCategoricalAggregator
+
+__all__ = [
+    "CrowdsClassification",
+    "CrowdsConfusion",
+    "CrowdsRegression",
+    "MaskedMultiCrossEntropy",
+    "MaskedMultiMSE",
+    "MaskedMultiSequenceCrossEntropy",
+    "masked_multi_cross_entropy",
+    "masked_multi_mse",
+    "prediction_model",
+    "CrowdsCategoricalAggregator",
+    "CrowdsBinaryAggregator",
+    "DawidSkene",
+    "majority_vote",
+    "vote_distribution",
+    "mean_answer",
+    "median_answer",
+    "fleiss_kappa",
+    "krippendorff_alpha",
+]
