@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "mtcnn>=1.0",
     "krippendorff>=0.6",
     "pyyaml>=6.0",
+    "tensorboard>=2.16",  # the training logs; tensorflow no longer installs it
     # tensorflow-datasets uses it on every Python but declares it only below 3.9
     # (tensorflow/datasets#11212).
     "importlib_resources>=5",

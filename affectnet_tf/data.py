@@ -541,6 +541,7 @@ def make_dataset(
         image = decode_image(encoded)
         if stored_size != (image_size, image_size):
             image = resize_image(image, image_size)
+        image.set_shape([image_size, image_size, 3])
         return image, _targets(i)
 
     dataset = dataset.map(

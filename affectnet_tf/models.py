@@ -1,0 +1,231 @@
+"""Models: a backbone from :mod:`affectnet_tf.backbones`, task heads, and crowd layers.
+
+The prediction model takes raw RGB ``uint8`` images of any size (input ``(None, None, 3)``):
+a :class:`~affectnet_tf.backbones.ModelMetadata` layer (identity, carries the metadata), an
+:class:`~affectnet_tf.backbones.ImagePreprocessing` layer (resize + the backbone's scaling),
+the backbone (called with ``training=False`` when pretrained, so BatchNorm stays in inference
+mode during fine-tuning), global pooling, dropout and the heads:
+
+* ``expression``: ``Dense(num_classes, softmax)``;
+* ``valence`` / ``arousal``: ``Dense(1, tanh)``, values in ``[-1, 1]``, shape ``(batch, 1)``.
+
+Tasks ``exp``, ``val``, ``aro`` give a single output; ``va`` and ``all`` a dict keyed by the
+head names. For crowd training (``target="cv"``) the training model adds a crowd layer on each
+head (:class:`crowd_layers.CrowdsConfusion` or :class:`crowd_layers.CrowdsClassification` for
+expression, :class:`crowd_layers.CrowdsRegression` for valence/arousal) and shares every weight
+with the prediction model.
+
+Metadata: stored in the ``ModelMetadata`` layer's config inside ``model.keras``, so it needs no
+side file and survives ``keras.models.load_model``; read it with :func:`model_metadata`.
+"""
+
+import collections
+
+import keras
+import numpy as np
+
+import crowd_layers
+from affectnet_tf.backbones import ImagePreprocessing, ModelMetadata, build_backbone
+from affectnet_tf.images import RESIZE_METHOD
+from affectnet_tf.version import __version__
+from tfds_affectnet import labels
+
+__all__ = [
+    "CROWD_LAYERS",
+    "VA_CROWD_LAYERS",
+    "TASK_HEADS",
+    "BuiltModel",
+    "build_model",
+    "model_metadata",
+    "load_model",
+    "crowd_layer_weights",
+]
+
+CROWD_LAYERS = ("MW", "VW", "VB", "VW+B", "SW", "confusion")
+VA_CROWD_LAYERS = ("S", "B", "S+B", "B+S")
+TASK_HEADS = {
+    "exp": ("expression",),
+    "aro": ("arousal",),
+    "val": ("valence",),
+    "va": ("valence", "arousal"),
+    "all": ("expression", "valence", "arousal"),
+}
+
+BuiltModel = collections.namedtuple(
+    "BuiltModel", ["training_model", "prediction_model", "backbone"]
+)
+
+
+def _check_choice(value, choices, name):
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}. Received: {name}={value!r}")
+
+
+def build_model(
+    model="resnet50",
+    *,
+    task="exp",
+    num_classes=8,
+    target="mv",
+    num_annotators=None,
+    crowd_layer="confusion",
+    va_crowd_layer="S+B",
+    weights="imagenet",
+    image_size=None,
+    dropout=0.2,
+    metadata=None,
+):
+    """Builds the training model and the prediction model (sharing weights).
+
+    Args:
+        model: backbone name, a key of :data:`affectnet_tf.backbones.BACKBONES`.
+        task: ``exp``, ``aro``, ``val``, ``va`` or ``all``.
+        num_classes: 8, or 7 (without contempt).
+        target: the training target; ``"cv"`` adds the crowd layers.
+        num_annotators: number of annotators (needed for ``target="cv"``).
+        crowd_layer: expression crowd layer, ``MW``, ``VW``, ``VB``, ``VW+B``, ``SW``
+            (:class:`crowd_layers.CrowdsClassification`) or ``confusion``
+            (:class:`crowd_layers.CrowdsConfusion`).
+        va_crowd_layer: valence/arousal crowd layer connection, ``S``, ``B``, ``S+B``, ``B+S``.
+        weights: ``"imagenet"``, ``None`` or a weights file of the backbone.
+        image_size: model input side (default: the backbone's default size).
+        dropout: dropout rate before the heads.
+        metadata: extra JSON-able entries for the model's metadata.
+
+    Returns:
+        :class:`BuiltModel` ``(training_model, prediction_model, backbone)``; without crowd
+        layers the training model is the prediction model.
+    """
+    _check_choice(task, TASK_HEADS, "task")
+    _check_choice(num_classes, (7, 8), "num_classes")
+    heads = TASK_HEADS[task]
+    if target == "cv":
+        _check_choice(crowd_layer, CROWD_LAYERS, "crowd_layer")
+        _check_choice(va_crowd_layer, VA_CROWD_LAYERS, "va_crowd_layer")
+        if not num_annotators:
+            raise ValueError(
+                "`target='cv'` needs the number of annotators of the dataset (a dataset with "
+                f"crowd answers, such as affectnet_c25). Received: num_annotators={num_annotators!r}"
+            )
+    backbone, spec = build_backbone(model, weights=weights, image_size=image_size)
+    size = int(backbone.input_shape[1])
+    pretrained = weights is not None and str(weights).lower() != "none"
+    info = {
+        "backbone": model,
+        "image_size": size,
+        "preprocessing": spec.preprocessing,
+        "resize_method": RESIZE_METHOD,
+        "input": "RGB uint8 images of any size, resized inside the model",
+        "task": task,
+        "outputs": list(heads),
+        "num_classes": num_classes,
+        "class_names": list(labels.expression_names(num_classes)),
+        "target": target,
+        "package": "affectnet-tf",
+        "package_version": __version__,
+    }
+    info.update(metadata or {})
+
+    inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
+    x = ModelMetadata(info, name="metadata")(inputs)
+    x = ImagePreprocessing(size, spec.preprocessing, name="preprocessing")(x)
+    features = backbone(x, training=False) if pretrained else backbone(x)
+    if dropout:
+        features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+    outputs = {}
+    for head in heads:
+        if head == "expression":
+            outputs[head] = keras.layers.Dense(
+                num_classes, activation="softmax", dtype="float32", name=head
+            )(features)
+        else:
+            outputs[head] = keras.layers.Dense(1, activation="tanh", dtype="float32", name=head)(
+                features
+            )
+    single = len(heads) == 1
+    prediction = keras.Model(
+        inputs, outputs[heads[0]] if single else outputs, name=f"{model}_{task}"
+    )
+    if target != "cv":
+        return BuiltModel(prediction, prediction, backbone)
+
+    predicted = prediction(inputs)
+    if single:
+        predicted = {heads[0]: predicted}
+    crowd_outputs = {}
+    for head in heads:
+        if head == "expression":
+            if crowd_layer == "confusion":
+                layer = crowd_layers.CrowdsConfusion(
+                    num_classes, num_annotators, dtype="float32", name=f"crowd_{head}"
+                )
+            else:
+                layer = crowd_layers.CrowdsClassification(
+                    num_classes,
+                    num_annotators,
+                    conn_type=crowd_layer,
+                    dtype="float32",
+                    name=f"crowd_{head}",
+                )
+        else:
+            layer = crowd_layers.CrowdsRegression(
+                num_annotators, conn_type=va_crowd_layer, dtype="float32", name=f"crowd_{head}"
+            )
+        crowd_outputs[head] = layer(predicted[head])
+    training = keras.Model(
+        inputs,
+        crowd_outputs[heads[0]] if single else crowd_outputs,
+        name=f"{model}_{task}_crowd",
+    )
+    return BuiltModel(training, prediction, backbone)
+
+
+def _find_metadata_layer(model):
+    for layer in model.layers:
+        if isinstance(layer, ModelMetadata):
+            return layer
+        if isinstance(layer, keras.Model):
+            found = _find_metadata_layer(layer)
+            if found is not None:
+                return found
+    return None
+
+
+def model_metadata(model):
+    """The metadata dict of a model built by :func:`build_model` (or loaded from a file).
+
+    Keys: ``backbone``, ``image_size``, ``preprocessing``, ``resize_method``, ``task``,
+    ``outputs``, ``num_classes``, ``class_names`` (in output order), ``target``,
+    ``package_version``, and what the training run added (``va_target``, ``dataset`` ...).
+    """
+    layer = _find_metadata_layer(model)
+    if layer is None:
+        raise ValueError(
+            f"`model` has no ModelMetadata layer (not built by affectnet_tf.build_model). "
+            f"Received: model={model.name!r}"
+        )
+    return dict(layer.metadata)
+
+
+def load_model(path, compile=False, safe_mode=True):
+    """Loads a saved model (``model.keras``) with safe mode on; no custom objects needed."""
+    return keras.models.load_model(path, compile=compile, safe_mode=safe_mode)
+
+
+def crowd_layer_weights(training_model):
+    """The learned annotator parameters of a crowd model, as a dict of NumPy arrays.
+
+    ``<head>_confusions`` ``(R, K, K)`` for expression (from ``confusion_matrices()``),
+    ``<head>_scale`` / ``<head>_bias`` ``(R,)`` for valence and arousal.
+    """
+    result = {}
+    for layer in training_model.layers:
+        head = layer.name.removeprefix("crowd_")
+        if isinstance(layer, (crowd_layers.CrowdsConfusion, crowd_layers.CrowdsClassification)):
+            result[f"{head}_confusions"] = np.asarray(layer.confusion_matrices())
+        elif isinstance(layer, crowd_layers.CrowdsRegression):
+            if layer.scale is not None:
+                result[f"{head}_scale"] = np.asarray(layer.scale.numpy()).reshape(-1)
+            if layer.bias is not None:
+                result[f"{head}_bias"] = np.asarray(layer.bias.numpy()).reshape(-1)
+    return result

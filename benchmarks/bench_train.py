@@ -1,0 +1,113 @@
+"""Benchmark: training images per second of each backbone, with and without the crowd head.
+
+Synthetic RGB ``uint8`` batches (already at the model size, from memory, so the input pipeline
+is not measured) through ``model.fit`` of the models :func:`affectnet_tf.build_model` builds:
+the plain expression head (``target="mv"``, masked sparse cross-entropy) and the crowd head
+(``target="cv"``, ``CrowdsConfusion`` with 25 annotators, ``MaskedMultiCrossEntropy``). One
+fit of ``--warmup`` steps traces and compiles; the next fit of ``--steps`` steps is timed.
+Weights are random (``weights=None``): the speed does not depend on them.
+
+Usage::
+
+    python benchmarks/bench_train.py                       # CPU, 224x224, batch 16
+    python benchmarks/bench_train.py --models resnet50 mobilenet --steps 5
+    python benchmarks/bench_train.py --gpu                 # mixed precision, XLA, batch 128
+    python benchmarks/bench_train.py --quick               # seconds, for tests
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # running from a checkout without installing
+    sys.path.insert(0, str(REPO_ROOT))
+
+import crowd_layers  # noqa: E402
+from affectnet_tf import losses, models  # noqa: E402
+from affectnet_tf.backbones import BACKBONES  # noqa: E402
+
+NUM_ANNOTATORS = 25
+
+
+def _dataset(batch_size, image_size, crowd, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
+    if crowd:
+        targets = rng.integers(-1, 8, (batch_size, NUM_ANNOTATORS)).astype(np.int64)
+    else:
+        targets = rng.integers(0, 8, batch_size).astype(np.int64)
+    return tf.data.Dataset.from_tensors((images, targets)).repeat()
+
+
+def bench(name, crowd, image_size, batch_size, steps, warmup, jit_compile):
+    """Images per second of ``steps`` training steps after ``warmup`` steps."""
+    built = models.build_model(
+        name,
+        target="cv" if crowd else "mv",
+        num_annotators=NUM_ANNOTATORS,
+        weights=None,
+        image_size=image_size,
+    )
+    if crowd:
+        loss = crowd_layers.MaskedMultiCrossEntropy()
+    else:
+        loss = losses.MaskedSparseCategoricalCrossentropy(8)
+    built.training_model.compile("adam", loss=loss, jit_compile=jit_compile)
+    data = _dataset(batch_size, image_size, crowd)
+    built.training_model.fit(data, epochs=1, steps_per_epoch=warmup, verbose=0)
+    start = time.perf_counter()
+    built.training_model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
+    elapsed = time.perf_counter() - start
+    return batch_size * steps / elapsed
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=sorted(BACKBONES), help="backbones")
+    parser.add_argument("--image-size", type=int, default=224, help="(default: 224)")
+    parser.add_argument("--batch-size", type=int, default=None, help="(default: 16, GPU 128)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (default: 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up steps (default: 2)")
+    parser.add_argument("--gpu", action="store_true", help="mixed precision, XLA, batch 128")
+    parser.add_argument("--quick", action="store_true", help="compact_cnn at 32x32, 2 steps")
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.image_size, args.steps, args.warmup = ["compact_cnn"], 32, 2, 1
+    batch_size = args.batch_size or (128 if args.gpu else 16)
+    if args.gpu:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    print(
+        f"{device}, {args.image_size}x{args.image_size}, batch {batch_size}, "
+        f"{'mixed precision + XLA' if args.gpu else 'float32'}; training images/s"
+    )
+    print(f"{'model':<20}{'plain head':>12}{'crowd head':>12}")
+    results = []
+    for name in args.models:
+        row = {"model": name}
+        for crowd in (False, True):
+            key = "crowd" if crowd else "plain"
+            row[key] = bench(
+                name, crowd, args.image_size, batch_size, args.steps, args.warmup, args.gpu
+            )
+        results.append(row)
+        print(f"{name:<20}{row['plain']:>12.1f}{row['crowd']:>12.1f}", flush=True)
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Fixtures of the affectnet_tf tests: dummy AffectNet / AffectNetC25 prepared once per session."""
+
+import make_dummy_data
+import pytest
+import tensorflow_datasets as tfds
+
+from affectnet_tf.train import DEFAULTS, resolve_dataset
+
+STORED = 32  # side of the stored dummy images
+
+
+@pytest.fixture(scope="session")
+def train_data_dir(tmp_path_factory):
+    """A TFDS folder holding ``affectnet_c25/default_32`` and ``affectnet/emotions8_32``, the
+    configurations that ``--stored-image-size 32`` reads."""
+    root = tmp_path_factory.mktemp("manual")
+    make_dummy_data.make_all(root)
+    data_dir = tmp_path_factory.mktemp("tfds")
+    for dataset in ("affectnet_c25/set1", "affectnet"):
+        name, config, _, _ = resolve_dataset(
+            {**DEFAULTS, "dataset": dataset, "stored_image_size": STORED}
+        )
+        tfds.builder(name, config=config, data_dir=data_dir).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(root))
+        )
+    return data_dir
+
+
+@pytest.fixture
+def tiny_config(train_data_dir, tmp_path):
+    """A fast training configuration: compact CNN, 32x32, one epoch of two steps."""
+
+    def make(**overrides):
+        config = {
+            "dataset": "affectnet_c25/set1",
+            "data_dir": str(train_data_dir),
+            "stored_image_size": STORED,
+            "validation_fraction": 0.5,
+            "model": "compact_cnn",
+            "weights": None,
+            "image_size": 32,
+            "epochs": 1,
+            "batch_size": 4,
+            "steps_per_epoch": 2,
+            "output_dir": str(tmp_path / "run"),
+            "strategy": "default",
+        }
+        config.update(overrides)
+        return config
+
+    return make

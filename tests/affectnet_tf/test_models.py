@@ -1,0 +1,199 @@
+"""Backbones, heads, crowd heads, metadata, save/load in a fresh process, offline weights."""
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import affectnet_tf
+from affectnet_tf import backbones, losses, models
+
+IMAGE = 32
+
+
+def _images(n=2, height=40, width=48, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
+def test_every_backbone_builds_and_trains_a_step(name):
+    model = models.build_model(name, task="exp", weights=None, image_size=IMAGE).prediction_model
+    assert model.input_shape == (None, None, None, 3)
+    probabilities = np.asarray(model(_images(1, 20, 70)))  # any input size
+    assert probabilities.shape == (1, 8)
+    np.testing.assert_allclose(probabilities.sum(), 1.0, rtol=1e-5)
+    loss_fn = losses.MaskedSparseCategoricalCrossentropy(8)
+    with tf.GradientTape() as tape:  # one eager step: tracing fit's graph costs minutes here
+        loss = loss_fn(np.array([1, 2]), model(_images(), training=True))
+    variables = model.trainable_variables
+    gradients = tape.gradient(loss, variables)
+    assert np.isfinite(float(loss))
+    assert all(np.all(np.isfinite(g)) for g in gradients)
+    before = [np.array(v) for v in variables]
+    keras.optimizers.SGD(1e-4).apply_gradients(zip(gradients, variables))
+    assert any(not np.array_equal(b, np.array(v)) for b, v in zip(before, variables))
+
+
+@pytest.mark.parametrize(
+    "task, outputs",
+    [
+        ("exp", (8,)),
+        ("aro", (1,)),
+        ("val", (1,)),
+        ("va", {"valence": (1,), "arousal": (1,)}),
+        ("all", {"expression": (7,), "valence": (1,), "arousal": (1,)}),
+    ],
+)
+def test_heads(task, outputs):
+    num_classes = 7 if task == "all" else 8
+    built = models.build_model(
+        "compact_cnn", task=task, num_classes=num_classes, weights=None, image_size=IMAGE
+    )
+    assert built.training_model is built.prediction_model
+    result = built.prediction_model(_images())
+    if isinstance(outputs, dict):
+        assert {k: tuple(v.shape[1:]) for k, v in result.items()} == outputs
+    else:
+        assert tuple(result.shape[1:]) == outputs
+    if task in ("aro", "val"):
+        assert np.all(np.abs(np.asarray(result)) <= 1.0)
+
+
+@pytest.mark.parametrize("crowd_layer", models.CROWD_LAYERS)
+def test_crowd_heads_share_weights_with_the_prediction_model(crowd_layer):
+    built = models.build_model(
+        "compact_cnn",
+        task="all",
+        target="cv",
+        num_annotators=5,
+        crowd_layer=crowd_layer,
+        weights=None,
+        image_size=IMAGE,
+    )
+    crowd = built.training_model(_images())
+    assert tuple(crowd["expression"].shape) == (2, 8, 5)
+    assert tuple(crowd["valence"].shape) == (2, 5)
+    prediction_weights = {id(v) for v in built.prediction_model.weights}
+    assert prediction_weights <= {id(v) for v in built.training_model.weights}
+    annotators = models.crowd_layer_weights(built.training_model)
+    assert annotators["expression_confusions"].shape == (5, 8, 8)
+    assert annotators["arousal_scale"].shape == (5,)
+
+
+def test_crowd_needs_annotators_and_a_known_layer():
+    with pytest.raises(ValueError, match="num_annotators"):
+        models.build_model("compact_cnn", target="cv", weights=None, image_size=IMAGE)
+    with pytest.raises(ValueError, match="crowd_layer"):
+        models.build_model(
+            "compact_cnn", target="cv", num_annotators=3, crowd_layer="XX", weights=None
+        )
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ValueError, match="known models: .*resnet50"):
+        models.build_model("resnet18", weights=None)
+
+
+def test_preprocessing_modes_match_keras_applications():
+    image = _images(1, IMAGE, IMAGE).astype("float32")
+    caffe = backbones.ImagePreprocessing(IMAGE, "caffe")(image)
+    np.testing.assert_allclose(
+        caffe, keras.applications.resnet50.preprocess_input(image.copy()), atol=1e-4
+    )
+    tf_mode = backbones.ImagePreprocessing(IMAGE, "tf")(image)
+    np.testing.assert_allclose(
+        tf_mode, keras.applications.mobilenet_v2.preprocess_input(image.copy()), atol=1e-5
+    )
+
+
+def test_resizing_inside_the_model_matches_the_data_pipeline():
+    image = _images(1, 50, 37)
+    layer = backbones.ImagePreprocessing(IMAGE, "raw")
+    expected = affectnet_tf.resize_image(image, IMAGE).numpy().astype("float32")
+    np.testing.assert_array_equal(layer(image), expected)
+    np.testing.assert_array_equal(layer(expected.astype("uint8")), expected)  # identity
+
+
+def test_metadata(tmp_path):
+    built = models.build_model(
+        "compact_cnn",
+        task="exp",
+        num_classes=7,
+        weights=None,
+        image_size=IMAGE,
+        metadata={"dataset": "affectnet_c25/set1"},
+    )
+    meta = models.model_metadata(built.prediction_model)
+    assert meta["class_names"] == list(affectnet_tf.labels.expression_names(7))
+    assert meta["image_size"] == IMAGE
+    assert meta["resize_method"] == affectnet_tf.images.RESIZE_METHOD
+    assert meta["dataset"] == "affectnet_c25/set1"
+    assert meta["package_version"] == affectnet_tf.__version__
+    with pytest.raises(ValueError, match="ModelMetadata"):
+        models.model_metadata(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+
+
+_LOAD_SCRIPT = """
+import json, sys
+import numpy as np
+import keras
+import affectnet_tf
+path, images = sys.argv[1], np.load(sys.argv[2])
+models = [affectnet_tf.load_model(path), keras.models.load_model(path, safe_mode=True)]
+out = {}
+for i, model in enumerate(models):
+    pred = model.predict(images, verbose=0)
+    pred = pred if isinstance(pred, dict) else {"out": pred}
+    out[i] = {k: np.asarray(v).tolist() for k, v in pred.items()}
+out["meta"] = affectnet_tf.model_metadata(models[0])
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_save_and_load_in_a_fresh_process(tmp_path):
+    built = models.build_model("mobilenet_v3_small", task="all", weights=None, image_size=IMAGE)
+    images = _images(3, 45, 61)
+    before = built.prediction_model.predict(images, verbose=0)
+    path = tmp_path / "model.keras"
+    built.prediction_model.save(path)
+    np.save(tmp_path / "images.npy", images)
+    completed = subprocess.run(
+        [sys.executable, "-c", _LOAD_SCRIPT, str(path), str(tmp_path / "images.npy")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.split("RESULT", 1)[1])
+    for key in ("0", "1"):
+        for head, values in before.items():
+            np.testing.assert_allclose(result[key][head], values, rtol=1e-5, atol=1e-6)
+    assert result["meta"]["task"] == "all"
+    assert result["meta"]["image_size"] == IMAGE
+
+
+def test_offline_imagenet_weights_error(monkeypatch, tmp_path):
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no internet")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    with pytest.raises(backbones.WeightsUnavailableError) as error:
+        models.build_model("resnet50", weights="imagenet", image_size=IMAGE)
+    message = str(error.value)
+    assert str(tmp_path / "keras_home" / "models") in message
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert "--weights none" in message
+
+
+def test_missing_weights_file():
+    with pytest.raises(ValueError, match="existing weights file"):
+        models.build_model("compact_cnn", weights="/nonexistent/w.h5", image_size=IMAGE)

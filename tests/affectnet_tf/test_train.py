@@ -1,0 +1,275 @@
+"""``train()`` and its command line on the dummy datasets: targets, tasks, outputs, strategies,
+an interrupted run that resumes, two local workers, and the errors of bad settings."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+import affectnet_tf
+from affectnet_tf import train as train_module
+from affectnet_tf.train import train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "dataset, task, target, extra",
+    [
+        ("affectnet_c25/set1", "exp", "mv", {"class_weights": True, "label_smoothing": 0.1}),
+        ("affectnet_c25/set1", "exp", "soft", {}),
+        ("affectnet_c25/set1", "exp", "ds", {}),
+        ("affectnet_c25/set1", "exp", "cv", {"crowd_layer": "VW+B"}),
+        ("affectnet_c25/set1", "aro", "mean", {}),
+        ("affectnet_c25/set1", "val", "median", {}),
+        ("affectnet_c25/set1", "va", "cv", {}),
+        ("affectnet_c25/set1", "all", "mv", {"num_classes": 7}),
+        ("affectnet_c25/set1", "all", "cv", {}),
+        ("affectnet_c25/set1", "exp", "original", {"schedule": "constant"}),
+        ("affectnet", "exp", "original", {}),
+        ("affectnet", "va", "original", {}),
+        ("affectnet", "all", "original", {}),
+    ],
+)
+def test_every_target_and_task(tiny_config, dataset, task, target, extra):
+    result = train(tiny_config(dataset=dataset, task=task, target=target, **extra))
+    run = Path(result["run_dir"])
+    files = {p.name for p in run.iterdir()}
+    assert {"model.keras", "config.yaml", "history.csv", "metrics.json"} <= files
+    assert "backup" not in files  # removed once the run ended
+    assert ("crowd_model.keras" in files) == (target == "cv")
+    assert ("annotators.npz" in files) == (target == "cv")
+    heads = affectnet_tf.models.TASK_HEADS[task]
+    saved_metrics = json.loads((run / "metrics.json").read_text())
+    for head in heads:
+        keys = {"accuracy", "macro_f1"} if head == "expression" else {"rmse", "ccc"}
+        assert keys <= set(saved_metrics[head])
+    assert all(np.isfinite(v) for v in result["history"]["loss"])
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["task"] == task and config["target"] == target
+    model = affectnet_tf.load_model(run / "model.keras")
+    meta = affectnet_tf.model_metadata(model)
+    assert meta["task"] == task and meta["target"] == target
+    assert len(meta["class_names"]) == extra.get("num_classes", 8)
+    if target == "cv":
+        annotators = np.load(run / "annotators.npz")
+        if "expression" in heads:
+            assert annotators["expression_confusions"].shape[0] == 25
+        if "valence" in heads:
+            assert annotators["valence_bias"].shape == (25,)
+
+
+def test_two_phase_fine_tuning(tiny_config):
+    result = train(tiny_config(epochs=2, freeze_epochs=1, schedule="constant"))
+    assert len(result["history"]["loss"]) == 2
+    with open(Path(result["run_dir"]) / "history.csv") as stream:
+        assert [row["epoch"] for row in csv.DictReader(stream)] == ["0", "1"]
+
+
+_MIRRORED_SCRIPT = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from affectnet_tf.train import train
+losses = [train(config)["history"]["loss"][0] for config in json.loads(sys.argv[1])]
+print("LOSSES", json.dumps(losses))
+"""
+
+
+def test_mirrored_first_step_loss_equals_one_device(tiny_config, tmp_path):
+    # In its own process: collective ops of MirroredStrategy objects made by earlier tests in
+    # this process would share instance keys with this one's.
+    settings = dict(epochs=1, steps_per_epoch=1, augment=False, dropout=0.0, seed=5)
+    configs = [
+        tiny_config(output_dir=str(tmp_path / "one"), strategy="default", **settings),
+        tiny_config(output_dir=str(tmp_path / "two"), strategy="mirrored", **settings),
+    ]
+    completed = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_SCRIPT, json.dumps(configs)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = [row for row in completed.stdout.splitlines() if row.startswith("LOSSES")][-1]
+    one, two = json.loads(line.split(" ", 1)[1])
+    np.testing.assert_allclose(two, one, rtol=1e-4)
+    assert (tmp_path / "two" / "model.keras").exists()
+
+
+def _cli(args, env=None, timeout=300):
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "affectnet_tf.train", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=environment,
+        timeout=timeout,
+    )
+
+
+def _flags(config):
+    flags = []
+    for key, value in config.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            value = "none"
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_at_the_next_epoch(tiny_config):
+    config = tiny_config(epochs=2, schedule="constant")
+    command = _flags(config)
+    killed = _cli(command, env={"AFFECTNET_TF_FAIL_AFTER_EPOCH": "1"})
+    assert killed.returncode == 3, killed.stderr[-3000:]
+    run = Path(config["output_dir"])
+    assert not (run / "model.keras").exists() and (run / "backup").is_dir()
+    resumed = _cli(command + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    output = resumed.stdout + resumed.stderr
+    assert "Resuming: True" in output
+    assert "Epoch 1/2" not in output and "Epoch 2/2" in output
+    with open(run / "history.csv") as stream:
+        assert [row["epoch"] for row in csv.DictReader(stream)] == ["0", "1"]
+    assert (run / "model.keras").exists()
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def _run_workers(config, env=None):
+    workers = [f"localhost:{_free_port()}" for _ in range(2)]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        environment = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "TF_CONFIG": json.dumps(tf_config),
+            **(env or {}),
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "affectnet_tf.train", *_flags(config)],
+                cwd=ROOT,
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    return [process.returncode for process in processes], outputs
+
+
+@pytest.mark.slow
+def test_multi_worker_with_two_local_workers_killed_and_resumed(tiny_config, tmp_path):
+    """Two workers (TF_CONFIG on free localhost ports), killed after epoch 1, started again:
+    the custom loop restores its CheckpointManager checkpoint and ends at epoch 2."""
+    config = tiny_config(
+        epochs=2, strategy="multi_worker", output_dir=str(tmp_path / "mw"), augment=False
+    )
+    codes, outputs = _run_workers(config, env={"AFFECTNET_TF_FAIL_AFTER_EPOCH": "1"})
+    assert codes == [3, 3], outputs[0][-3000:]
+    codes, outputs = _run_workers(config)
+    for code, output in zip(codes, outputs):
+        assert code == 0, output[-3000:]
+    assert "2 replica(s)" in outputs[0] and "Resuming: True" in outputs[0]
+    assert "Epoch 1/2" not in outputs[0] and "Epoch 2/2" in outputs[0]
+    run = tmp_path / "mw"
+    assert {p.name for p in tmp_path.iterdir()} == {"mw"}  # one run folder, the chief's
+    assert {"model.keras", "metrics.json", "config.yaml", "history.csv"} <= {
+        p.name for p in run.iterdir()
+    }
+    with open(run / "history.csv") as stream:
+        assert [row["epoch"] for row in csv.DictReader(stream)] == ["0", "1"]
+
+
+def test_config_file_values_are_overridden_by_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": "vgg19", "epochs": 3, "batch-size": 8}))
+    config = train_module.parse_config(["--config", str(path), "--epochs", "5"])
+    assert config["model"] == "vgg19" and config["epochs"] == 5 and config["batch_size"] == 8
+    assert config["task"] == "exp"  # default
+    path.write_text(yaml.safe_dump({"epoch": 3}))
+    with pytest.raises(ValueError, match="Unknown settings"):
+        train_module.parse_config(["--config", str(path)])
+
+
+def test_help_lists_groups_and_defaults(capsys):
+    with pytest.raises(SystemExit):
+        train_module.build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for group in ("Data", "Model", "Crowd", "Optimization", "Distribution", "Output"):
+        assert f"{group}:" in text
+    assert "(default: resnet50)" in text and "--crowd-layer" in text
+
+
+def test_dataset_resolution():
+    resolve = train_module.resolve_dataset
+    base = train_module.DEFAULTS
+    assert resolve({**base, "dataset": "affectnet_c25/set1"})[2:] == (
+        ("set1", "train"),
+        ("set1", "validation"),
+    )
+    assert resolve({**base, "dataset": "affectnet_c25/set1", "eval_split": "set2"})[2:] == (
+        ("set1", None),
+        ("set2", None),
+    )
+    assert resolve({**base, "dataset": "affectnet"})[:4] == (
+        "affectnet",
+        None,
+        ("train", None),
+        ("validation", None),
+    )
+    with pytest.raises(ValueError, match="needs a set"):
+        resolve({**base, "dataset": "affectnet_c25"})
+
+
+def test_bad_settings(tiny_config, capsys):
+    with pytest.raises(ValueError, match="known models: .*resnet50"):
+        train(tiny_config(model="resnet18"))
+    with pytest.raises(ValueError, match="crowd answers"):
+        train(tiny_config(dataset="affectnet", target="cv"))
+    with pytest.raises(ValueError, match="Unknown settings"):
+        train(tiny_config(learning_rat=0.1))
+    assert train_module.main(["--model", "resnet18"]) == 2
+    assert "known models" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_module.parse_config(["--task", "emotion"])
+
+
+def test_finished_run_is_not_overwritten_by_accident(tiny_config):
+    config = tiny_config(steps_per_epoch=1)
+    train(config)
+    with pytest.raises(ValueError, match="finished run"):
+        train(config)
+    assert train({**config, "overwrite": True})["metrics"]
+
+
+def test_mixed_precision_and_xla(tiny_config):
+    result = train(tiny_config(steps_per_epoch=1, mixed_precision=True, jit_compile=True))
+    assert np.isfinite(result["history"]["loss"][0])
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    model = affectnet_tf.load_model(Path(result["run_dir"]) / "model.keras")
+    assert model.output.dtype == "float32"
