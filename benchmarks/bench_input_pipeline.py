@@ -8,8 +8,8 @@ prepares them (224x224 JPEG records), and then
   flip, rotation, colour jitter), 224x224, batch 64, iterated to the end;
 * the loop: the same encoded records, one by one in Python: ``cv2.imdecode``, BGR->RGB,
   ``cv2.resize`` to 224, NumPy batch of 64;
-* the decode limit: ``tf.io.decode_jpeg`` alone on the same records in a parallel
-  ``tf.data`` map, batched: what the machine can decode at best.
+* the decode limit: ``tf.io.decode_jpeg`` and ``tf.io.decode_image`` alone on the same
+  records in a parallel ``tf.data`` map, batched; the faster of the two is the limit.
 
 Targets: ``make_dataset`` at least 5x the loop and at least 70% of the decode limit.
 
@@ -70,14 +70,19 @@ def write_eight_label_release(root, num_images, seed=0, size=256):
 
 
 def images_per_second(iterator_factory, epochs):
-    """Runs one warm-up epoch, then ``epochs`` timed ones; returns images per second."""
+    """One warm-up pass, then the best of ``epochs`` timed passes, in images per second.
+
+    The best pass, not the mean: other processes on the machine only ever slow a pass down.
+    """
     for _ in iterator_factory():
         pass
-    count, start = 0, time.perf_counter()
+    rates = []
     for _ in range(epochs):
+        count, start = 0, time.perf_counter()
         for batch in iterator_factory():
             count += len(batch[0]) if isinstance(batch, tuple) else len(batch)
-    return count / (time.perf_counter() - start)
+        rates.append(count / (time.perf_counter() - start))
+    return max(rates)
 
 
 def main(argv=None):
@@ -102,7 +107,10 @@ def main(argv=None):
             download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
         )
         records = builder.as_dataset(
-            split="train", decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False
+            split="train",
+            decoders={"image": tfds.decode.SkipDecoding()},
+            shuffle_files=False,
+            read_config=tfds.ReadConfig(interleave_cycle_length=4),
         )
         encoded = [example["image"] for example in records.as_numpy_iterator()]
         print(f"{len(encoded)} records of {SIZE}x{SIZE} JPEG, batch {BATCH}, {os.cpu_count()} CPUs")
@@ -124,15 +132,20 @@ def main(argv=None):
         dataset = pipeline()
         unaugmented = pipeline(augment=False)
 
-        def decode_only():
+        def decode_only(decode):
+            # The same TFRecords, read and decoded: nothing but the decode (from an in-memory
+            # from_tensor_slices of the bytes it ran slower than reading the records).
             return (
-                tf.data.Dataset.from_tensor_slices(encoded)
-                .map(
-                    lambda x: tf.io.decode_jpeg(x, channels=3), num_parallel_calls=tf.data.AUTOTUNE
-                )
+                records.map(lambda ex: ex["image"])
+                .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
                 .batch(BATCH)
                 .prefetch(tf.data.AUTOTUNE)
             )
+
+        decoders = {
+            "decode_jpeg": lambda x: tf.io.decode_jpeg(x, channels=3),
+            "decode_image": lambda x: tf.io.decode_image(x, channels=3, expand_animations=False),
+        }
 
         def python_loop():
             for start in range(0, len(encoded), BATCH):
@@ -145,16 +158,24 @@ def main(argv=None):
 
         rate_pipeline = images_per_second(lambda: iter(dataset), args.epochs)
         rate_plain = images_per_second(lambda: iter(unaugmented), args.epochs)
-        rate_decode = images_per_second(lambda: iter(decode_only()), args.epochs)
+        rate_decoders = {
+            name: images_per_second(lambda d=decode: iter(decode_only(d)), args.epochs)
+            for name, decode in decoders.items()
+        }
+        rate_decode = max(rate_decoders.values())
         rate_loop = images_per_second(python_loop, args.epochs)
 
     print(f"{'path':<42}{'images/s':>10}")
     print(f"{'make_dataset (training, augmented)':<42}{rate_pipeline:>10.0f}")
     print(f"{'make_dataset (training, no augmentation)':<42}{rate_plain:>10.0f}")
-    print(f"{'raw JPEG decode limit (tf.data, parallel)':<42}{rate_decode:>10.0f}")
+    for name, rate in rate_decoders.items():
+        print(f"{'raw decode limit, tf.io.' + name:<42}{rate:>10.0f}")
     print(f"{'plain Python loop (cv2, one by one)':<42}{rate_loop:>10.0f}")
     print(f"make_dataset / loop:         {rate_pipeline / rate_loop:5.2f}x   (target >= 5x)")
-    print(f"make_dataset / decode limit: {rate_pipeline / rate_decode:5.0%}   (target >= 70%)")
+    print(
+        f"make_dataset / decode limit: {rate_pipeline / rate_decode:5.0%}   (target >= 70%; the faster decoder)"
+    )
+    print(f"unaugmented / decode limit:  {rate_plain / rate_decode:5.0%}")
 
 
 if __name__ == "__main__":

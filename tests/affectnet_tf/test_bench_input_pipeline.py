@@ -1,0 +1,26 @@
+"""The input-pipeline benchmark runs end to end (its figures are not checked: no timed tests)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_benchmark_quick_runs():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_input_pipeline.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "256 records of 224x224 JPEG" in result.stdout
+    for path in ("make_dataset (training, augmented)", "tf.io.decode_jpeg", "Python loop"):
+        assert re.search(re.escape(path) + r".*\s\d+\n", result.stdout), path
+    assert re.search(r"make_dataset / decode limit:\s+\d+%", result.stdout)
