@@ -50,8 +50,8 @@ def _dataset(batch_size, image_size, crowd, seed=0):
     return tf.data.Dataset.from_tensors((images, targets)).repeat()
 
 
-def bench(name, crowd, image_size, batch_size, steps, warmup, jit_compile):
-    """Images per second of ``steps`` training steps after ``warmup`` steps."""
+def _fitted(name, crowd, image_size, batch_size, warmup, jit_compile):
+    """A compiled training model of ``name`` and its data, traced by ``warmup`` steps."""
     built = models.build_model(
         name,
         target="cv" if crowd else "mv",
@@ -66,10 +66,26 @@ def bench(name, crowd, image_size, batch_size, steps, warmup, jit_compile):
     built.training_model.compile("adam", loss=loss, jit_compile=jit_compile)
     data = _dataset(batch_size, image_size, crowd)
     built.training_model.fit(data, epochs=1, steps_per_epoch=warmup, verbose=0)
-    start = time.perf_counter()
-    built.training_model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
-    elapsed = time.perf_counter() - start
-    return batch_size * steps / elapsed
+    return built.training_model, data
+
+
+def bench(name, image_size, batch_size, steps, warmup, jit_compile, rounds):
+    """Best images per second of the plain and the crowd head over alternating rounds.
+
+    The two models take turns, ``rounds`` times, ``steps`` steps each, so that a slow moment of
+    the machine hits both; the best round of each counts (other load only slows a round down).
+    """
+    fitted = {
+        head: _fitted(name, head == "crowd", image_size, batch_size, warmup, jit_compile)
+        for head in ("plain", "crowd")
+    }
+    best = {head: 0.0 for head in fitted}
+    for _ in range(rounds):
+        for head, (model, data) in fitted.items():
+            start = time.perf_counter()
+            model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
+            best[head] = max(best[head], batch_size * steps / (time.perf_counter() - start))
+    return best
 
 
 def main(argv=None):
@@ -79,12 +95,16 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=None, help="(default: 16, GPU 128)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (default: 10)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up steps (default: 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating timed rounds per head (default: 3)"
+    )
     parser.add_argument("--gpu", action="store_true", help="mixed precision, XLA, batch 128")
     parser.add_argument("--quick", action="store_true", help="compact_cnn at 32x32, 2 steps")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.image_size, args.steps, args.warmup = ["compact_cnn"], 32, 2, 1
+        args.rounds = 1
     batch_size = args.batch_size or (128 if args.gpu else 16)
     if args.gpu:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -93,17 +113,20 @@ def main(argv=None):
         f"{device}, {args.image_size}x{args.image_size}, batch {batch_size}, "
         f"{'mixed precision + XLA' if args.gpu else 'float32'}; training images/s"
     )
-    print(f"{'model':<20}{'plain head':>12}{'crowd head':>12}")
+    print(f"{'model':<20}{'plain head':>12}{'crowd head':>12}{'crowd head cost':>17}")
     results = []
     for name in args.models:
         row = {"model": name}
-        for crowd in (False, True):
-            key = "crowd" if crowd else "plain"
-            row[key] = bench(
-                name, crowd, args.image_size, batch_size, args.steps, args.warmup, args.gpu
-            )
+        row.update(
+            bench(name, args.image_size, batch_size, args.steps, args.warmup, args.gpu, args.rounds)
+        )
+        row["crowd_cost"] = row["plain"] / row["crowd"] - 1.0  # extra time per image
         results.append(row)
-        print(f"{name:<20}{row['plain']:>12.1f}{row['crowd']:>12.1f}", flush=True)
+        print(
+            f"{name:<20}{row['plain']:>12.1f}{row['crowd']:>12.1f}{row['crowd_cost']:>16.1%}",
+            flush=True,
+        )
+    print("crowd head cost: extra time per training image with CrowdsConfusion (target < 3%)")
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
     return 0

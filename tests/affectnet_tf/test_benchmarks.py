@@ -1,5 +1,6 @@
-"""The input-pipeline benchmark runs end to end (its figures are not checked: no timed tests)."""
+"""The benchmark scripts run end to end (their figures are not checked: no timed tests)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -24,3 +25,25 @@ def test_benchmark_quick_runs():
     for path in ("make_dataset (training, augmented)", "tf.io.decode_jpeg", "Python loop"):
         assert re.search(re.escape(path) + r".*\s\d+\n", result.stdout), path
     assert re.search(r"make_dataset / decode limit:\s+\d+%", result.stdout)
+
+
+@pytest.mark.slow
+def test_training_benchmark_quick_runs(tmp_path):
+    output = tmp_path / "train.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_train.py"),
+            "--quick",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "compact_cnn" in result.stdout and "crowd head cost" in result.stdout
+    (row,) = json.loads(output.read_text())
+    assert row["plain"] > 0 and row["crowd"] > 0
