@@ -426,10 +426,27 @@ def _fit(strategy, built, config, losses, train_ds, val_ds, steps, run_dir, work
     return history
 
 
-def _custom_loop(strategy, built, config, losses, train_ds, steps, run_dir, work_dir, restore_dir):
+def _validation_loss(model, losses, heads, val_ds):
+    """Mean per-image loss of ``model`` on ``val_ds`` (summed over heads), computed locally."""
+    total, count = 0.0, 0
+    for images, targets in val_ds:
+        outputs = model(images, training=False)
+        if len(heads) == 1:
+            outputs, targets = {heads[0]: outputs}, {heads[0]: targets}
+        per_sample = sum(losses[head](targets[head], outputs[head]) for head in heads)
+        total += float(tf.reduce_sum(per_sample))
+        count += int(tf.shape(images)[0])
+    return total / max(count, 1)
+
+
+def _custom_loop(
+    strategy, built, config, losses, train_ds, val_ds, steps, run_dir, work_dir, restore_dir
+):
     """Training loop for ``MultiWorkerMirroredStrategy`` (and any strategy): ``strategy.run``
     with ``tf.GradientTape``, a SUM-reduced loss divided by the global batch, and a
-    ``tf.train.CheckpointManager`` for fault tolerance."""
+    ``tf.train.CheckpointManager`` for fault tolerance. After each epoch the validation loss is
+    computed (on every worker, locally), the best weights are kept in ``best.weights.h5``,
+    ``history.csv`` gets ``epoch,loss,val_loss`` and TensorBoard (when installed) both losses."""
     model = built.training_model
     epochs = int(config["epochs"])
     global_batch = int(config["batch_size"])
@@ -440,9 +457,12 @@ def _custom_loop(strategy, built, config, losses, train_ds, steps, run_dir, work
         )
         optimizer.build(model.trainable_variables)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        best_var = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
     for loss in losses.values():
         loss.reduction = "none"
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, epoch=epoch_var, best_val_loss=best_var
+    )
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(work_dir, "ckpt"), 1)
     # every worker restores the chief's checkpoint (the others save into temporary folders)
     latest = tf.train.latest_checkpoint(os.path.join(restore_dir, "ckpt"))
@@ -474,6 +494,11 @@ def _custom_loop(strategy, built, config, losses, train_ds, steps, run_dir, work
 
     history = {}
     fail_after = os.environ.get(_FAIL_AFTER_EPOCH_ENV)
+    writer = (
+        tf.summary.create_file_writer(os.path.join(run_dir, "logs"))
+        if _tensorboard_installed()
+        else None
+    )
     for epoch in range(int(epoch_var.numpy()), epochs):
         print(f"Epoch {epoch + 1}/{epochs}")
         progress = keras.utils.Progbar(steps)
@@ -482,13 +507,24 @@ def _custom_loop(strategy, built, config, losses, train_ds, steps, run_dir, work
             loss = float(train_step(iterator))
             total += loss
             progress.update(step + 1, [("loss", loss)])
+        val_loss = _validation_loss(model, losses, heads, val_ds)
+        print(f"loss {total / steps:.4f} - val_loss {val_loss:.4f}")
         history.setdefault("loss", []).append(total / steps)
+        history.setdefault("val_loss", []).append(val_loss)
+        if val_loss < float(best_var.numpy()):
+            best_var.assign(val_loss)
+            model.save_weights(os.path.join(run_dir, "best.weights.h5"))
+        if writer is not None:
+            with writer.as_default():
+                tf.summary.scalar("loss", total / steps, step=epoch)
+                tf.summary.scalar("val_loss", val_loss, step=epoch)
+            writer.flush()
         epoch_var.assign(epoch + 1)
         manager.save()
         with open(os.path.join(run_dir, "history.csv"), "a") as stream:
             if epoch == 0:
-                stream.write("epoch,loss\n")
-            stream.write(f"{epoch},{total / steps}\n")
+                stream.write("epoch,loss,val_loss\n")
+            stream.write(f"{epoch},{total / steps},{val_loss}\n")
         if fail_after and epoch + 1 == int(fail_after):
             sys.stdout.flush()
             os._exit(3)
@@ -666,6 +702,7 @@ def _train(config):
             config,
             losses,
             train_ds,
+            val_ds,
             steps,
             run_dir,
             work_dir,
@@ -673,9 +710,9 @@ def _train(config):
         )
     else:
         history = _fit(strategy, built, config, losses, train_ds, val_ds, steps, run_dir, work_dir)
-        best = os.path.join(run_dir, "best.weights.h5")
-        if os.path.exists(best):
-            built.training_model.load_weights(best)
+    best = os.path.join(run_dir, "best.weights.h5")
+    if os.path.exists(best):
+        built.training_model.load_weights(best)
     result_metrics = _evaluate(built.prediction_model, eval_ds, heads)
     if chief:
         built.prediction_model.save(os.path.join(run_dir, "model.keras"))

@@ -198,11 +198,13 @@ def test_multi_worker_with_two_local_workers_killed_and_resumed(tiny_config, tmp
     assert "Epoch 1/2" not in outputs[0] and "Epoch 2/2" in outputs[0]
     run = tmp_path / "mw"
     assert {p.name for p in tmp_path.iterdir()} == {"mw"}  # one run folder, the chief's
-    assert {"model.keras", "metrics.json", "config.yaml", "history.csv"} <= {
+    assert {"model.keras", "metrics.json", "config.yaml", "history.csv", "best.weights.h5"} <= {
         p.name for p in run.iterdir()
     }
     with open(run / "history.csv") as stream:
-        assert [row["epoch"] for row in csv.DictReader(stream)] == ["0", "1"]
+        rows = list(csv.DictReader(stream))
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert all(np.isfinite(float(row["val_loss"])) for row in rows)
 
 
 def test_config_file_values_are_overridden_by_flags(tmp_path):
