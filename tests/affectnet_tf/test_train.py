@@ -67,6 +67,16 @@ def test_every_target_and_task(tiny_config, dataset, task, target, extra):
             assert annotators["valence_bias"].shape == (25,)
 
 
+def test_one_device_strategy_and_class_balanced_sampling(tiny_config):
+    result = train(tiny_config(strategy="one_device", class_balanced=True, seed=2))
+    run = Path(result["run_dir"])
+    assert (run / "model.keras").exists() and (run / "metrics.json").exists()
+    with open(run / "config.yaml") as stream:
+        saved = yaml.safe_load(stream)
+    assert saved["strategy"] == "one_device" and saved["class_balanced"] is True
+    assert np.isfinite(result["history"]["loss"][0])
+
+
 def test_two_phase_fine_tuning(tiny_config):
     result = train(tiny_config(epochs=2, freeze_epochs=1, schedule="constant"))
     assert len(result["history"]["loss"]) == 2
