@@ -52,6 +52,20 @@ EIGHT_LABEL = "eight_label"
 RELEASES = (FULL, EIGHT_LABEL)
 SPLITS = ("train", "validation")
 
+AFFECTNET_CITATION = """\
+@article{mollahosseini2019affectnet,
+  author  = {Mollahosseini, Ali and Hasani, Behzad and Mahoor, Mohammad H.},
+  title   = {AffectNet: A Database for Facial Expression, Valence, and Arousal Computing in the
+             Wild},
+  journal = {IEEE Transactions on Affective Computing},
+  volume  = {10},
+  number  = {1},
+  pages   = {18--31},
+  year    = {2019},
+  doi     = {10.1109/TAFFC.2017.2740923},
+}
+"""
+
 FULL_LISTS_DIR = "Manually_Annotated_file_lists"
 FULL_IMAGES_DIR = "Manually_Annotated_Images"
 FULL_CSV_NAMES = {"train": "training.csv", "validation": "validation.csv"}

@@ -31,19 +31,7 @@ images are skipped, counted and listed in skipped_<split>.tsv next to the genera
 (with the counts in report_<split>.json).
 """
 
-_CITATION = """\
-@article{mollahosseini2019affectnet,
-  author  = {Mollahosseini, Ali and Hasani, Behzad and Mahoor, Mohammad H.},
-  title   = {AffectNet: A Database for Facial Expression, Valence, and Arousal Computing in the
-             Wild},
-  journal = {IEEE Transactions on Affective Computing},
-  volume  = {10},
-  number  = {1},
-  pages   = {18--31},
-  year    = {2019},
-  doi     = {10.1109/TAFFC.2017.2740923},
-}
-"""
+_CITATION = _sources.AFFECTNET_CITATION
 
 _HOMEPAGE = "http://mohammadmahoor.com/affectnet/"
 # Rows per Beam work item (a slice of training.csv read on one worker).

@@ -31,23 +31,15 @@ as the `affectnet` builder does.
 training.csv, counted from 0).
 """
 
-_CITATION = """\
+_CITATION = (
+    """\
 @misc{affectnetc25,
   title        = {AffectNetC25: crowd annotations of AffectNet by 25 participants},
   howpublished = {\\url{https://github.com/kdoodoo/affectnetc25}},
 }
-@article{mollahosseini2019affectnet,
-  author  = {Mollahosseini, Ali and Hasani, Behzad and Mahoor, Mohammad H.},
-  title   = {AffectNet: A Database for Facial Expression, Valence, and Arousal Computing in the
-             Wild},
-  journal = {IEEE Transactions on Affective Computing},
-  volume  = {10},
-  number  = {1},
-  pages   = {18--31},
-  year    = {2019},
-  doi     = {10.1109/TAFFC.2017.2740923},
-}
 """
+    + _sources.AFFECTNET_CITATION
+)
 
 _HOMEPAGE = "https://github.com/kdoodoo/affectnetc25"
 _MAX_NAMES_SHOWN = 10
