@@ -2,19 +2,9 @@
 
 import numpy as np
 import pytest
+from label_expectations import C25_TO_CANONICAL_NAME
 
 from tfds_affectnet import labels
-
-C25_TO_CANONICAL_NAME = {
-    "happiness": "happy",
-    "sadness": "sad",
-    "surprise": "surprise",
-    "fear": "fear",
-    "disgust": "disgust",
-    "anger": "anger",
-    "contempt": "contempt",
-    "neutral": "neutral",
-}
 
 
 def test_canonical_order():

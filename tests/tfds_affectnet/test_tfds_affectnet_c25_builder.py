@@ -9,24 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow_datasets as tfds
+from label_expectations import remap_by_name
 from tensorflow_datasets.core.download import download_manager
 from test_tfds_affectnet_builder import DummyDataMixin
 
-from tfds_affectnet import AffectNetC25Config, _sources, labels
+from tfds_affectnet import AffectNetC25Config, _sources
 from tfds_affectnet.affectnet_c25 import affectnet_c25_dataset_builder
 
 SIZE = 32
 PARTICIPANTS = [f"participant{i}" for i in range(25)]
-C25_TO_CANONICAL_NAME = {
-    "happiness": "happy",
-    "sadness": "sad",
-    "surprise": "surprise",
-    "fear": "fear",
-    "disgust": "disgust",
-    "anger": "anger",
-    "contempt": "contempt",
-    "neutral": "neutral",
-}
 CSV_KEYS = [(kind, s) for kind in _sources.C25_KINDS for s in _sources.C25_SETS]
 
 
@@ -115,11 +106,6 @@ def _examples(builder, split):
     return {ex["file_name"].decode(): ex for ex in tfds.as_numpy(builder.as_dataset(split=split))}
 
 
-def _remap_by_name(c25_code):
-    name = C25_TO_CANONICAL_NAME[labels.C25_EXPRESSION_NAMES[int(c25_code)]]
-    return labels.EXPRESSION_NAMES.index(name)
-
-
 def _top_classes(codes):
     counts = collections.Counter(int(c) for c in codes if c >= 0)
     top = max(counts.values())
@@ -159,7 +145,7 @@ def test_join_and_labels(built, dummy):
             answers = pd.to_numeric(expression.loc[i, PARTICIPANTS], errors="coerce")
             for got, answer in zip(ex["crowd_expression"], answers):
                 ok = np.isfinite(answer) and answer in range(8)
-                assert got == (_remap_by_name(answer) if ok else -1)
+                assert got == (remap_by_name(answer) if ok else -1)
             values = pd.to_numeric(valence.loc[i, PARTICIPANTS], errors="coerce").to_numpy()
             values = np.where(np.isin(values, np.arange(-4, 5) / 4), values, np.nan)
             np.testing.assert_array_equal(ex["crowd_valence"], values.astype(np.float32))
@@ -264,7 +250,7 @@ def test_real_csvs_downloaded_joined_and_remapped(c25_csv_dir, tmp_path, monkeyp
         for i, name in enumerate(expression["filename"]):
             ex = examples[name]
             assert ex["affectnet_index"] == expression["index"][i]
-            votes = [_remap_by_name(v) for v in expression.loc[i, PARTICIPANTS]]
+            votes = [remap_by_name(v) for v in expression.loc[i, PARTICIPANTS]]
             assert _top_classes(ex["crowd_expression"]) == _top_classes(votes)
             ties[s] += len(_top_classes(votes)) > 1
             for kind in ("valence", "arousal"):

@@ -6,8 +6,9 @@ import make_dummy_data
 import numpy as np
 import pandas as pd
 import pytest
+from label_expectations import remap_by_name
 
-from tfds_affectnet import _sources, labels
+from tfds_affectnet import _sources
 
 
 @pytest.fixture(scope="module")
@@ -179,23 +180,6 @@ def _c25_paths(folder, set_name):
     return {kind: str(folder / f"{kind}_{set_name}_C25.csv") for kind in _sources.C25_KINDS}
 
 
-C25_TO_CANONICAL_NAME = {
-    "happiness": "happy",
-    "sadness": "sad",
-    "surprise": "surprise",
-    "fear": "fear",
-    "disgust": "disgust",
-    "anger": "anger",
-    "contempt": "contempt",
-    "neutral": "neutral",
-}
-
-
-def _remap_by_name(c25_code):
-    name = C25_TO_CANONICAL_NAME[labels.C25_EXPRESSION_NAMES[c25_code]]
-    return labels.EXPRESSION_NAMES.index(name)
-
-
 def test_c25_set_is_remapped_and_cleaned(dummy_root):
     counts = collections.Counter()
     folder = dummy_root / "AffectNetC25"
@@ -210,7 +194,7 @@ def test_c25_set_is_remapped_and_cleaned(dummy_root):
             if np.isnan(answer) or answer not in range(8):
                 assert got == -1
             else:
-                assert got == _remap_by_name(int(answer))
+                assert got == remap_by_name(int(answer))
     # The dummy CSVs hold one empty answer (no answer, not counted), a code 9 and a -2 valence.
     assert rows[0]["crowd_expression"][3] == -1
     assert rows[1]["crowd_expression"][7] == -1
@@ -227,7 +211,7 @@ def test_c25_majority_vote_matches_the_csv_votes(dummy_root):
     frame = pd.read_csv(folder / "expression_set2_C25.csv")
     for row, answers in zip(rows, frame[[f"participant{i}" for i in range(25)]].to_numpy()):
         valid = [int(a) for a in answers if not np.isnan(a) and int(a) in range(8)]
-        csv_counts = collections.Counter(_remap_by_name(a) for a in valid)
+        csv_counts = collections.Counter(remap_by_name(a) for a in valid)
         top = max(csv_counts.values())
         expected = {code for code, n in csv_counts.items() if n == top}
         crowd = row["crowd_expression"][row["crowd_expression"] >= 0]
