@@ -346,7 +346,7 @@ def _augment_with_opencv(images, transforms, contrast, shift, colour, image_size
             borderMode=cv2.BORDER_REFLECT_101,
         )
         # contrast around the image mean, brightness, then saturation and hue: one 3x4 map
-        offset = (1.0 - contrast[k]) * out[k].mean() + shift[k]
+        offset = (1.0 - contrast[k]) * np.mean(cv2.mean(out[k])[:3]) + shift[k]
         matrix = np.concatenate(
             [contrast[k] * colour[k], colour[k].sum(1, keepdims=True) * offset], 1
         )
