@@ -20,7 +20,12 @@ from crowd_layers.aggregation import (
     median_answer,
     vote_distribution,
 )
-from crowd_layers.layers import CrowdsClassification, CrowdsConfusion, CrowdsRegression
+from crowd_layers.layers import (
+    ConfusionTraceRegularizer,
+    CrowdsClassification,
+    CrowdsConfusion,
+    CrowdsRegression,
+)
 from crowd_layers.losses import (
     MaskedMultiCrossEntropy,
     MaskedMultiMSE,
@@ -35,6 +40,7 @@ __all__ = [
     "CrowdsClassification",
     "CrowdsConfusion",
     "CrowdsRegression",
+    "ConfusionTraceRegularizer",
     "MaskedMultiCrossEntropy",
     "MaskedMultiMSE",
     "MaskedMultiSequenceCrossEntropy",
