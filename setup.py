@@ -37,6 +37,8 @@ EXTRAS_REQUIRE = {
         "ruff>=0.17,<0.18",  # pinned: formatter output changes between minor versions
         # Reference implementation the Dawid-Skene tests compare against.
         "crowd-kit>=1.2",
+        # skimage.data.astronaut(): a real face for the face-crop tests, with no download.
+        "scikit-image>=0.22",
     ],
     "beam": ["apache-beam>=2.50", "mlcroissant"],
 }

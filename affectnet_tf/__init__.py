@@ -6,9 +6,10 @@ losses (``crowd_layers``) with Keras.
 
 import crowd_layers  # noqa: F401  (registers the crowd layers and losses with Keras)
 import tfds_affectnet  # noqa: F401  (registers the TFDS builders)
-from affectnet_tf import images, metrics, train
+from affectnet_tf import faces, images, metrics, train, video
 from affectnet_tf.backbones import BACKBONES, WeightsUnavailableError
 from affectnet_tf.data import DatasetInfo, make_dataset
+from affectnet_tf.faces import FaceCropper
 from affectnet_tf.images import decode_image, load_image_file, resize_image
 from affectnet_tf.models import build_model, load_model, model_metadata
 from affectnet_tf.version import __version__
@@ -26,6 +27,9 @@ __all__ = [
     "build_model",
     "load_model",
     "model_metadata",
+    "FaceCropper",
+    "faces",
+    "video",
     "images",
     "metrics",
     "train",

@@ -1,0 +1,200 @@
+"""What the video builders (``afew``, ``vgaf``) share: the config, the features, clip -> example.
+
+Each clip becomes one example: its name, its label, ``has_face`` and ``num_frames`` (frames
+sampled), and the sequence ``faces`` of face crops with their frame index, box (x, y, width,
+height in the original frame) and MTCNN score. A clip where no face was found is kept with an
+empty sequence and ``has_face=False``, and counted (with its name) in ``faces_<split>.json``; an
+unreadable video is skipped, counted and listed in ``skipped_<split>.tsv``
+(`_generation.SplitReport`). Boxes go into a per-video cache (`_video.BoxCache`), so a rebuild
+with another crop size detects nothing.
+
+Generation is plain (no Apache Beam path): MTCNN runs on TensorFlow in the builder's process, one
+clip at a time, its frames in batches.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+
+from tfds_affectnet import _faces, _generation, _images, _video
+
+__all__ = [
+    "NO_FACE",
+    "UNREADABLE_VIDEO",
+    "NOT_A_VIDEO",
+    "VideoFacesConfig",
+    "ClipProcessor",
+    "clip_features",
+    "generate_clips",
+    "list_videos",
+]
+
+NO_FACE = "no face found in any sampled frame"
+UNREADABLE_VIDEO = "unreadable video"
+NOT_A_VIDEO = "not a video file"
+NO_CACHE = "none"
+
+
+@dataclasses.dataclass
+class VideoFacesConfig(tfds.core.BuilderConfig):
+    """Settings of a video builder.
+
+    Attributes:
+        crop_size: side of the stored face crops, in pixels.
+        every_n: use every n-th frame (exclusive with ``fps``).
+        fps: use about this many frames per second (exclusive with ``every_n``).
+        working_size: frames are downscaled to this longer side before MTCNN (0: full size).
+        min_face_size: smallest face side MTCNN looks for, in working-frame pixels.
+        thresholds: MTCNN's PNet / RNet / ONet thresholds.
+        margin: fraction of the box added on every side of the square crop.
+        align: similarity-align the five landmarks instead of a square crop.
+        box_cache_dir: folder of the per-video box cache; "" (default):
+            ``<download_dir>/face_boxes/<dataset>``; "none": no cache.
+    """
+
+    crop_size: int = 112
+    every_n: int | None = None
+    fps: float | None = None
+    working_size: int = 320
+    min_face_size: int = 20
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)
+    margin: float = 0.1
+    align: bool = False
+    box_cache_dir: str = ""
+
+    def __post_init__(self):
+        if isinstance(self.crop_size, bool) or not isinstance(self.crop_size, (int, np.integer)):
+            raise ValueError(f"`crop_size` must be an int. Received: crop_size={self.crop_size!r}")
+        self.sampler()  # validates every_n / fps
+        self.cropper("largest")  # validates the detector settings
+
+    def sampler(self):
+        return _video.FrameSampler(every_n=self.every_n, fps=self.fps)
+
+    def cropper(self, mode):
+        return _faces.FaceCropper(
+            working_size=self.working_size,
+            min_face_size=self.min_face_size,
+            thresholds=tuple(self.thresholds),
+            margin=self.margin,
+            crop_size=self.crop_size,
+            align=self.align,
+            mode=mode,
+        )
+
+
+def clip_features(class_names, crop_size):
+    """The FeaturesDict of a video builder."""
+    return tfds.features.FeaturesDict(
+        {
+            "clip_name": tfds.features.Text(),
+            "label": tfds.features.ClassLabel(names=list(class_names)),
+            "has_face": tfds.features.Scalar(dtype=np.bool_),
+            "num_frames": tfds.features.Scalar(dtype=np.int32),
+            "faces": tfds.features.Sequence(
+                {
+                    "image": tfds.features.Image(
+                        shape=(crop_size, crop_size, 3), encoding_format="jpeg"
+                    ),
+                    "frame": tfds.features.Scalar(dtype=np.int32),
+                    "box": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+                    "score": tfds.features.Scalar(dtype=np.float32),
+                }
+            ),
+        }
+    )
+
+
+def list_videos(folder):
+    """``(videos, others)``: sorted video paths (by extension) and the other files of a folder."""
+    videos, others = [], []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path) or name.startswith("."):
+            continue
+        (videos if name.lower().endswith(_video.VIDEO_EXTENSIONS) else others).append(path)
+    return videos, others
+
+
+@dataclasses.dataclass
+class ClipProcessor:
+    """Turns one row ``{"file_name", "path", "label"}`` into an `_generation.Outcome`.
+
+    Attributes:
+        cropper: the `FaceCropper` (mode "largest" or "all").
+        sampler: the `FrameSampler`.
+        cache: a `BoxCache` or None.
+        face_report: the split's `_video.FaceReport` (filled as clips are processed).
+    """
+
+    cropper: _faces.FaceCropper
+    sampler: _video.FrameSampler
+    cache: _video.BoxCache | None
+    face_report: _video.FaceReport
+
+    def __call__(self, row):
+        name = row["file_name"]
+        stats = _video.VideoStats(name=name)
+        images, frames, boxes, scores = [], [], [], []
+        try:
+            for frame_faces in _video.iter_video_faces(
+                row["path"], self.cropper, self.sampler, self.cache, stats
+            ):
+                faces = frame_faces.faces
+                for i in range(len(faces)):
+                    images.append(_images.encode_jpeg(faces.crops[i]))
+                    frames.append(frame_faces.index)
+                    boxes.append(faces.boxes[i])
+                    scores.append(faces.scores[i])
+        except _video.UnreadableVideoError as error:
+            self.face_report.add_unreadable(name, error)
+            return _generation.skipped(name, UNREADABLE_VIDEO, str(error))
+        self.face_report.add(stats)
+        example = {
+            "clip_name": name,
+            "label": row["label"],
+            "has_face": bool(images),
+            "num_frames": np.int32(stats.frames_sampled),
+            "faces": {
+                "image": images,
+                "frame": np.asarray(frames, np.int32),
+                "box": np.asarray(boxes, np.float32).reshape(-1, 4),
+                "score": np.asarray(scores, np.float32),
+            },
+        }
+        return _generation.example(name, example, "" if images else NO_FACE)
+
+
+def cache_for(config, dl_manager, dataset):
+    """The `BoxCache` of a config (None when ``box_cache_dir="none"``)."""
+    folder = config.box_cache_dir
+    if folder and folder.lower() == NO_CACHE:
+        return None
+    if not folder:
+        download_dir = getattr(dl_manager, "download_dir", None)
+        if download_dir is None:
+            return None
+        folder = os.path.join(os.fspath(download_dir), "face_boxes", dataset)
+    return _video.BoxCache(folder)
+
+
+def generate_clips(rows, processor, report, extra_outcomes=()):
+    """Plain generation of clips; writes the skip log, report and ``faces_<split>.json``."""
+    completed = False
+    try:
+        yield from _generation.generate(rows, processor, report, extra_outcomes, threads=1)
+        completed = True
+    finally:
+        faces = processor.face_report
+        path = report.log_dir / f"faces_{report.split}.json"
+        report.log_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(faces.as_dict(), indent=2) + "\n")
+        summary = f"{report.dataset} split '{report.split}' faces: {faces.summary()}"
+        if not completed:
+            summary += " (generation stopped early)"
+        logging.info("%s", summary)
+        print(summary, flush=True)
