@@ -1,20 +1,78 @@
-"""Evaluation metrics as plain functions on NumPy arrays.
+"""Evaluation metrics: AffectNet's table as NumPy functions, and streaming Keras metrics.
 
-Expression: accuracy, balanced accuracy, macro F1 (labels ``-1`` are ignored). Valence and
-arousal: RMSE and Lin's concordance correlation coefficient (``NaN`` targets are ignored).
+Expression (Mollahosseini et al., 2019, Table 7): accuracy, balanced accuracy, F1 (macro and
+weighted), Cohen's kappa, Krippendorff's alpha (model and label as two coders), AUC (one-vs-rest,
+macro) and AUC-PR (macro average precision). Valence and arousal: RMSE, Pearson correlation
+(CORR), sign agreement (SAGR) and Lin's concordance correlation coefficient (CCC).
+
+Conventions: expression labels ``-1`` are ignored; valence/arousal targets that are not finite
+are ignored. ``y_pred`` of the label metrics may be class indices or probabilities ``(N, K)``
+(argmax taken). Where a metric is undefined (one class only, constant predictions, no example)
+the value is NaN **and** a ``RuntimeWarning`` says why; nothing returns NaN silently.
+
+Each function equals scikit-learn's (``accuracy_score``, ``balanced_accuracy_score``,
+``f1_score``, ``cohen_kappa_score``, ``roc_auc_score(multi_class="ovr")``,
+``average_precision_score``) or the ``krippendorff`` package's value; the tests check that.
+
+Reference: A. Mollahosseini, B. Hasani, M. H. Mahoor, "AffectNet: A Database for Facial
+Expression, Valence, and Arousal Computing in the Wild", IEEE Trans. Affective Computing 10(1),
+2019. https://doi.org/10.1109/TAFFC.2017.2740923
 """
 
+import warnings
+
+import keras
 import numpy as np
+from keras import ops
+
+import crowd_layers
 
 __all__ = [
+    "EXPRESSION_KEYS",
+    "AFFECT_KEYS",
     "accuracy",
     "balanced_accuracy",
+    "f1",
     "macro_f1",
+    "cohen_kappa",
+    "krippendorff_alpha",
+    "auc",
+    "aucpr",
+    "confusion_matrix",
+    "per_class_report",
     "rmse",
+    "pearson",
+    "sagr",
     "ccc",
     "expression_metrics",
-    "regression_metrics",
+    "affect_metrics",
+    "ConcordanceCorrelation",
+    "SignAgreement",
+    "PearsonCorrelation",
+    "BalancedAccuracy",
+    "MacroF1",
 ]
+
+EXPRESSION_KEYS = (
+    "accuracy",
+    "balanced_accuracy",
+    "f1_macro",
+    "f1_weighted",
+    "kappa",
+    "alpha",
+    "auc",
+    "aucpr",
+)
+AFFECT_KEYS = ("rmse", "corr", "sagr", "ccc")
+
+
+def _undefined(message):
+    warnings.warn(message + "; the value is NaN.", RuntimeWarning, stacklevel=3)
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Expression
 
 
 def _labels(y_true, y_pred):
@@ -23,76 +81,511 @@ def _labels(y_true, y_pred):
     if y_pred.ndim == 2:
         y_pred = y_pred.argmax(axis=-1)
     y_pred = y_pred.reshape(-1).astype(np.int64)
+    if len(y_true) != len(y_pred):
+        raise ValueError(
+            "`y_true` and `y_pred` must hold the same number of examples. "
+            f"Received: len(y_true)={len(y_true)}, len(y_pred)={len(y_pred)}"
+        )
     keep = y_true >= 0
     return y_true[keep], y_pred[keep]
+
+
+def _probabilities(y_true, probabilities, num_classes):
+    y_true = np.asarray(y_true).reshape(-1).astype(np.int64)
+    probabilities = np.asarray(probabilities, np.float64)
+    if probabilities.ndim != 2 or probabilities.shape[1] != num_classes:
+        raise ValueError(
+            f"`probabilities` must be an (N, num_classes={num_classes}) array of class scores. "
+            f"Received: probabilities.shape={probabilities.shape}"
+        )
+    if len(y_true) != len(probabilities):
+        raise ValueError(
+            "`y_true` and `probabilities` must hold the same number of examples. "
+            f"Received: len(y_true)={len(y_true)}, len(probabilities)={len(probabilities)}"
+        )
+    if np.any(y_true >= num_classes):
+        raise ValueError(
+            f"`y_true` holds labels outside 0..{num_classes - 1}. "
+            f"Received: {np.unique(y_true[y_true >= num_classes]).tolist()}"
+        )
+    keep = y_true >= 0
+    return y_true[keep], probabilities[keep]
+
+
+def confusion_matrix(y_true, y_pred, num_classes=None):
+    """Counts ``C[i, j]`` of true class ``i`` predicted as ``j`` (rows true, columns predicted)."""
+    y_true, y_pred = _labels(y_true, y_pred)
+    if num_classes is None:
+        num_classes = int(max(y_true.max(initial=-1), y_pred.max(initial=-1)) + 1)
+    bad = (y_pred < 0) | (y_pred >= num_classes) | (y_true >= num_classes)
+    if bad.any():
+        raise ValueError(
+            f"Labels must be in 0..{num_classes - 1}. Received: "
+            f"{np.unique(np.concatenate([y_true, y_pred])[np.concatenate([bad, bad])]).tolist()}"
+        )
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
 
 
 def accuracy(y_true, y_pred):
     """Share of correct predictions; ``y_pred`` class indices or probabilities."""
     y_true, y_pred = _labels(y_true, y_pred)
-    return float(np.mean(y_true == y_pred)) if len(y_true) else float("nan")
+    if not len(y_true):
+        return _undefined("accuracy: no labelled example")
+    return float(np.mean(y_true == y_pred))
 
 
-def balanced_accuracy(y_true, y_pred, num_classes=None):
-    """Mean per-class recall over the classes present in ``y_true``."""
+def balanced_accuracy(y_true, y_pred):
+    """Mean per-class recall over the classes present in ``y_true`` (scikit-learn's rule)."""
     y_true, y_pred = _labels(y_true, y_pred)
+    if not len(y_true):
+        return _undefined("balanced_accuracy: no labelled example")
     recalls = [np.mean(y_pred[y_true == k] == k) for k in np.unique(y_true)]
-    return float(np.mean(recalls)) if recalls else float("nan")
+    return float(np.mean(recalls))
+
+
+def _per_class(y_true, y_pred, classes):
+    tp = np.array([np.sum((y_pred == k) & (y_true == k)) for k in classes], np.float64)
+    predicted = np.array([np.sum(y_pred == k) for k in classes], np.float64)
+    support = np.array([np.sum(y_true == k) for k in classes], np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1_scores = np.where(predicted + support > 0, 2 * tp / (predicted + support), 0.0)
+    return precision, recall, f1_scores, support
+
+
+def f1(y_true, y_pred, average="macro", num_classes=None):
+    """F1 averaged over classes: ``"macro"`` (unweighted) or ``"weighted"`` (by support).
+
+    The classes are those in ``y_true`` or ``y_pred`` (scikit-learn's default), or
+    ``0..num_classes-1`` when given; a class never true nor predicted scores 0 there.
+    """
+    if average not in ("macro", "weighted"):
+        raise ValueError(f"`average` must be 'macro' or 'weighted'. Received: average={average!r}")
+    y_true, y_pred = _labels(y_true, y_pred)
+    if not len(y_true):
+        return _undefined(f"f1 ({average}): no labelled example")
+    classes = np.union1d(y_true, y_pred) if num_classes is None else np.arange(num_classes)
+    _, _, scores, support = _per_class(y_true, y_pred, classes)
+    if average == "macro":
+        return float(np.mean(scores))
+    return float(np.sum(scores * support) / support.sum())
 
 
 def macro_f1(y_true, y_pred, num_classes=None):
-    """Unweighted mean F1 over the classes present in ``y_true`` or ``y_pred``."""
+    """Unweighted mean F1 (``f1(..., average="macro")``)."""
+    return f1(y_true, y_pred, "macro", num_classes)
+
+
+def cohen_kappa(y_true, y_pred):
+    """Cohen's kappa ``(p_o - p_e) / (1 - p_e)`` between labels and predictions.
+
+    ``p_o`` is the observed agreement, ``p_e = sum_k p_true(k) p_pred(k)`` the agreement
+    expected by chance. Undefined (NaN, warned) when ``p_e = 1`` (one and the same class in
+    both).
+    """
     y_true, y_pred = _labels(y_true, y_pred)
-    classes = np.union1d(y_true, y_pred) if num_classes is None else np.arange(num_classes)
-    scores = []
-    for k in classes:
-        tp = np.sum((y_pred == k) & (y_true == k))
-        fp = np.sum((y_pred == k) & (y_true != k))
-        fn = np.sum((y_pred != k) & (y_true == k))
-        if tp + fp + fn == 0:
-            continue
-        scores.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores)) if scores else float("nan")
+    if not len(y_true):
+        return _undefined("cohen_kappa: no labelled example")
+    classes = np.union1d(y_true, y_pred)
+    p_true = np.array([np.mean(y_true == k) for k in classes])
+    p_pred = np.array([np.mean(y_pred == k) for k in classes])
+    p_e = float(np.sum(p_true * p_pred))
+    if np.isclose(p_e, 1.0):
+        return _undefined("cohen_kappa: labels and predictions are all one class")
+    return float((np.mean(y_true == y_pred) - p_e) / (1.0 - p_e))
+
+
+def krippendorff_alpha(y_true, y_pred, num_classes=None):
+    """Nominal Krippendorff's alpha of labels and predictions as two coders of each example."""
+    y_true, y_pred = _labels(y_true, y_pred)
+    if not len(y_true):
+        return _undefined("krippendorff_alpha: no labelled example")
+    if num_classes is None:
+        num_classes = int(max(y_true.max(), y_pred.max()) + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = crowd_layers.krippendorff_alpha(
+            np.stack([y_true, y_pred], axis=1), num_classes=num_classes
+        )
+    if np.isnan(value):
+        return _undefined("krippendorff_alpha: fewer than 2 distinct labels")
+    return value
+
+
+def _binary_auc(positive, scores):
+    """ROC AUC as the Mann-Whitney U statistic (ties count one half)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    n_pos = positive.sum()
+    n_neg = len(positive) - n_pos
+    return (ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _average_precision(positive, scores):
+    """Step-wise average precision ``sum_n (R_n - R_{n-1}) P_n`` over distinct thresholds."""
+    order = np.argsort(-scores, kind="mergesort")
+    scores, positive = scores[order], positive[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # end of each tie group
+    tps = np.cumsum(positive)[last]
+    predicted = last + 1
+    precision = tps / predicted
+    recall = tps / positive.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def _one_vs_rest(name, score, y_true, probabilities, num_classes):
+    y_true, probabilities = _probabilities(y_true, probabilities, num_classes)
+    if not len(y_true):
+        return _undefined(f"{name}: no labelled example")
+    present = [k for k in range(num_classes) if 0 < np.sum(y_true == k) < len(y_true)]
+    if not present:
+        return _undefined(f"{name}: only one class present in y_true")
+    absent = [k for k in range(num_classes) if not np.any(y_true == k)]
+    if absent:
+        warnings.warn(
+            f"{name}: classes {absent} have no true example and are left out of the macro "
+            f"average over {len(present)} classes.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    values = [score(y_true == k, probabilities[:, k]) for k in present]
+    return float(np.mean(values))
+
+
+def auc(y_true, probabilities, num_classes=8):
+    """One-vs-rest ROC AUC, macro-averaged over the classes present in ``y_true``.
+
+    Equals ``sklearn.metrics.roc_auc_score(y_true, p, multi_class="ovr", average="macro")``
+    when every class is present; absent classes are left out with a warning.
+    """
+    return _one_vs_rest("auc", _binary_auc, y_true, probabilities, num_classes)
+
+
+def aucpr(y_true, probabilities, num_classes=8):
+    """Macro average precision (area under the precision-recall curve) over present classes.
+
+    Equals ``sklearn.metrics.average_precision_score(one_hot(y_true), p, average="macro")``
+    when every class is present; absent classes are left out with a warning.
+    """
+    return _one_vs_rest("aucpr", _average_precision, y_true, probabilities, num_classes)
+
+
+def per_class_report(y_true, y_pred, num_classes=8):
+    """Per-class ``precision``, ``recall``, ``f1`` and ``support`` arrays of length K."""
+    y_true, y_pred = _labels(y_true, y_pred)
+    precision, recall, scores, support = _per_class(y_true, y_pred, np.arange(num_classes))
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": scores,
+        "support": support.astype(np.int64),
+    }
+
+
+def expression_metrics(y_true, probabilities, num_classes=8):
+    """AffectNet's expression table as a dict with the keys of :data:`EXPRESSION_KEYS`.
+
+    Args:
+        y_true: class indices ``(N,)``; ``-1`` (no label) is ignored.
+        probabilities: class probabilities ``(N, num_classes)``.
+        num_classes: 8, or 7 without contempt.
+
+    Returns:
+        ``{"accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "kappa", "alpha",
+        "auc", "aucpr"}`` as Python floats.
+    """
+    y_labels, probabilities = _probabilities(y_true, probabilities, num_classes)
+    return {
+        "accuracy": accuracy(y_labels, probabilities),
+        "balanced_accuracy": balanced_accuracy(y_labels, probabilities),
+        "f1_macro": f1(y_labels, probabilities, "macro"),
+        "f1_weighted": f1(y_labels, probabilities, "weighted"),
+        "kappa": cohen_kappa(y_labels, probabilities),
+        "alpha": krippendorff_alpha(y_labels, probabilities, num_classes),
+        "auc": auc(y_labels, probabilities, num_classes),
+        "aucpr": aucpr(y_labels, probabilities, num_classes),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Valence and arousal
 
 
 def _values(y_true, y_pred):
     y_true = np.asarray(y_true, np.float64).reshape(-1)
     y_pred = np.asarray(y_pred, np.float64).reshape(-1)
+    if len(y_true) != len(y_pred):
+        raise ValueError(
+            "`y_true` and `y_pred` must hold the same number of values. "
+            f"Received: len(y_true)={len(y_true)}, len(y_pred)={len(y_pred)}"
+        )
     keep = np.isfinite(y_true)
+    if not np.all(np.isfinite(y_pred[keep])):
+        raise ValueError("`y_pred` holds NaN or infinite values where `y_true` is finite.")
     return y_true[keep], y_pred[keep]
 
 
 def rmse(y_true, y_pred):
     """Root mean squared error over the finite targets."""
     y_true, y_pred = _values(y_true, y_pred)
-    return float(np.sqrt(np.mean((y_true - y_pred) ** 2))) if len(y_true) else float("nan")
+    if not len(y_true):
+        return _undefined("rmse: no finite target")
+    return float(np.sqrt(np.mean((y_true - y_pred) ** 2)))
+
+
+def pearson(y_true, y_pred):
+    """Pearson correlation (CORR); NaN with a warning when either side is constant."""
+    y_true, y_pred = _values(y_true, y_pred)
+    if len(y_true) < 2:
+        return _undefined("pearson: fewer than 2 finite targets")
+    dt, dp = y_true - y_true.mean(), y_pred - y_pred.mean()
+    denominator = np.sqrt(np.sum(dt**2) * np.sum(dp**2))
+    if denominator == 0:
+        return _undefined("pearson: targets or predictions are constant")
+    return float(np.sum(dt * dp) / denominator)
+
+
+def sagr(y_true, y_pred):
+    """Sign agreement ``mean(sign(y_true) == sign(y_pred))`` (0 is its own sign)."""
+    y_true, y_pred = _values(y_true, y_pred)
+    if not len(y_true):
+        return _undefined("sagr: no finite target")
+    return float(np.mean(np.sign(y_true) == np.sign(y_pred)))
 
 
 def ccc(y_true, y_pred):
-    """Lin's concordance correlation coefficient ``2 cov / (var_t + var_p + (mean_t - mean_p)^2)``."""
+    """Lin's concordance correlation ``2 cov / (var_t + var_p + (mean_t - mean_p)^2)``.
+
+    Population (1/N) moments. NaN with a warning when the denominator is 0 (targets and
+    predictions one and the same constant).
+    """
     y_true, y_pred = _values(y_true, y_pred)
-    if len(y_true) == 0:
-        return float("nan")
+    if not len(y_true):
+        return _undefined("ccc: no finite target")
     mt, mp = y_true.mean(), y_pred.mean()
     cov = np.mean((y_true - mt) * (y_pred - mp))
     denominator = y_true.var() + y_pred.var() + (mt - mp) ** 2
-    return float(2 * cov / denominator) if denominator > 0 else float("nan")
+    if denominator <= 0:
+        return _undefined("ccc: targets and predictions are the same constant")
+    return float(2 * cov / denominator)
 
 
-def expression_metrics(y_true, y_pred):
-    """``accuracy``, ``balanced_accuracy``, ``macro_f1`` and the count of labels."""
-    return {
-        "accuracy": accuracy(y_true, y_pred),
-        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
-        "macro_f1": macro_f1(y_true, y_pred),
-        "count": int(np.sum(np.asarray(y_true).reshape(-1) >= 0)),
-    }
-
-
-def regression_metrics(y_true, y_pred):
-    """``rmse``, ``ccc`` and the count of finite targets."""
+def _affect_one(y_true, y_pred):
     return {
         "rmse": rmse(y_true, y_pred),
+        "corr": pearson(y_true, y_pred),
+        "sagr": sagr(y_true, y_pred),
         "ccc": ccc(y_true, y_pred),
-        "count": int(np.sum(np.isfinite(np.asarray(y_true, np.float64)))),
     }
+
+
+def affect_metrics(y_true, y_pred):
+    """RMSE, CORR, SAGR and CCC of valence or arousal predictions.
+
+    Args:
+        y_true, y_pred: one dimension as ``(N,)`` or ``(N, 1)`` arrays; or valence and arousal
+            together, as ``(N, 2)`` arrays (columns valence, arousal) or dicts
+            ``{"valence": ..., "arousal": ...}``.
+
+    Returns:
+        ``{"rmse", "corr", "sagr", "ccc"}``; for both dimensions
+        ``{"valence": {...}, "arousal": {...}}``.
+    """
+    if isinstance(y_true, dict) or isinstance(y_pred, dict):
+        if not (isinstance(y_true, dict) and isinstance(y_pred, dict)):
+            raise ValueError("`y_true` and `y_pred` must both be dicts, or both arrays.")
+        if set(y_true) != set(y_pred):
+            raise ValueError(
+                f"`y_true` and `y_pred` must have the same keys. Received: {sorted(y_true)} "
+                f"and {sorted(y_pred)}"
+            )
+        return {key: _affect_one(y_true[key], y_pred[key]) for key in y_true}
+    y_true = np.asarray(y_true, np.float64)
+    y_pred = np.asarray(y_pred, np.float64)
+    if y_true.ndim == 2 and y_true.shape[1] == 2:
+        if y_pred.shape != y_true.shape:
+            raise ValueError(
+                f"`y_pred` must have the shape of `y_true` {y_true.shape}. "
+                f"Received: y_pred.shape={y_pred.shape}"
+            )
+        return {
+            name: _affect_one(y_true[:, k], y_pred[:, k])
+            for k, name in enumerate(("valence", "arousal"))
+        }
+    return _affect_one(y_true, y_pred)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras metrics (streaming; any backend)
+
+
+class _MomentMetric(keras.metrics.Metric):
+    """Running sums of a regression metric over batches; non-finite targets are ignored."""
+
+    _SUMS = ("n", "t", "p", "tt", "pp", "tp")
+
+    def __init__(self, name, dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self._sums = [
+            self.add_variable(shape=(), initializer="zeros", name=key, dtype="float64")
+            for key in self._SUMS
+        ]
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.reshape(ops.cast(y_true, "float64"), (-1,))
+        y_pred = ops.reshape(ops.cast(y_pred, "float64"), (-1,))
+        mask = ops.cast(ops.isfinite(y_true), "float64")
+        if sample_weight is not None:
+            mask = mask * ops.reshape(ops.cast(sample_weight, "float64"), (-1,))
+        t = ops.where(mask > 0, y_true, 0.0)
+        p = ops.where(mask > 0, y_pred, 0.0)
+        for variable, value in zip(
+            self._sums, (mask, t * mask, p * mask, t * t * mask, p * p * mask, t * p * mask)
+        ):
+            variable.assign_add(ops.sum(value))
+
+    def _moments(self):
+        n, t, p, tt, pp, tp = self._sums
+        n_safe = ops.maximum(n, 1.0)
+        mean_t, mean_p = t / n_safe, p / n_safe
+        var_t = tt / n_safe - mean_t**2
+        var_p = pp / n_safe - mean_p**2
+        cov = tp / n_safe - mean_t * mean_p
+        return mean_t, mean_p, var_t, var_p, cov
+
+    def reset_state(self):
+        for variable in self._sums:
+            variable.assign(ops.zeros((), "float64"))
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype}
+
+
+@keras.saving.register_keras_serializable(package="affectnet_tf")
+class ConcordanceCorrelation(_MomentMetric):
+    """Lin's concordance correlation coefficient over all batches seen (see :func:`ccc`).
+
+    Non-finite targets are ignored. The result is NaN while the denominator is 0 (targets and
+    predictions one and the same constant; :func:`ccc` warns about it).
+
+    Example:
+        >>> model.compile(loss="mse", metrics=[ConcordanceCorrelation()])
+    """
+
+    def __init__(self, name="ccc", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+
+    def result(self):
+        mean_t, mean_p, var_t, var_p, cov = self._moments()
+        value = 2 * cov / (var_t + var_p + (mean_t - mean_p) ** 2)
+        return ops.cast(value, self.dtype)
+
+
+@keras.saving.register_keras_serializable(package="affectnet_tf")
+class PearsonCorrelation(_MomentMetric):
+    """Pearson correlation (CORR) over all batches seen (see :func:`pearson`).
+
+    Non-finite targets are ignored. The result is NaN while targets or predictions are constant
+    (a streaming metric cannot warn from inside a compiled step; :func:`pearson` does).
+    """
+
+    def __init__(self, name="corr", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+
+    def result(self):
+        _, _, var_t, var_p, cov = self._moments()
+        return ops.cast(cov / ops.sqrt(var_t * var_p), self.dtype)
+
+
+@keras.saving.register_keras_serializable(package="affectnet_tf")
+class SignAgreement(keras.metrics.MeanMetricWrapper):
+    """Sign agreement (SAGR) over all batches seen (see :func:`sagr`); non-finite targets ignored."""
+
+    def __init__(self, name="sagr", dtype=None):
+        super().__init__(fn=_sign_agreement, name=name, dtype=dtype)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.reshape(ops.cast(y_true, "float32"), (-1,))
+        y_pred = ops.reshape(ops.cast(y_pred, "float32"), (-1,))
+        mask = ops.cast(ops.isfinite(y_true), "float32")
+        if sample_weight is not None:
+            mask = mask * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        return super().update_state(ops.where(mask > 0, y_true, 0.0), y_pred, mask)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype}
+
+
+def _sign_agreement(y_true, y_pred):
+    return ops.cast(ops.equal(ops.sign(y_true), ops.sign(y_pred)), "float32")
+
+
+class _ConfusionMetric(keras.metrics.Metric):
+    """A running ``(K, K)`` confusion matrix of sparse labels (``-1`` ignored) and scores."""
+
+    def __init__(self, num_classes, name, dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        if isinstance(num_classes, bool) or int(num_classes) < 2:
+            raise ValueError(
+                f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}"
+            )
+        self.num_classes = int(num_classes)
+        self.matrix = self.add_variable(
+            shape=(self.num_classes, self.num_classes),
+            initializer="zeros",
+            name="confusion",
+            dtype="float64",
+        )
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        k = self.num_classes
+        y_true = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        y_pred = ops.reshape(ops.argmax(ops.reshape(y_pred, (-1, k)), axis=-1), (-1,))
+        weight = ops.cast(y_true >= 0, "float64")
+        if sample_weight is not None:
+            weight = weight * ops.reshape(ops.cast(sample_weight, "float64"), (-1,))
+        index = ops.maximum(y_true, 0) * k + ops.cast(y_pred, "int32")
+        counts = ops.segment_sum(weight, index, num_segments=k * k)
+        self.matrix.assign_add(ops.reshape(counts, (k, k)))
+
+    def reset_state(self):
+        self.matrix.assign(ops.zeros((self.num_classes, self.num_classes), "float64"))
+
+    def get_config(self):
+        return {"num_classes": self.num_classes, "name": self.name, "dtype": self.dtype}
+
+
+@keras.saving.register_keras_serializable(package="affectnet_tf")
+class BalancedAccuracy(_ConfusionMetric):
+    """Mean recall over the classes with a true example (see :func:`balanced_accuracy`).
+
+    ``y_true``: class indices (``-1`` ignored); ``y_pred``: class scores ``(batch, K)``.
+    """
+
+    def __init__(self, num_classes=8, name="balanced_accuracy", dtype=None):
+        super().__init__(num_classes, name=name, dtype=dtype)
+
+    def result(self):
+        support = ops.sum(self.matrix, axis=1)
+        present = ops.cast(support > 0, "float64")
+        recall = ops.diagonal(self.matrix) / ops.maximum(support, 1.0)
+        return ops.cast(ops.sum(recall * present) / ops.sum(present), self.dtype)
+
+
+@keras.saving.register_keras_serializable(package="affectnet_tf")
+class MacroF1(_ConfusionMetric):
+    """Unweighted mean F1 over the classes true or predicted at least once (see :func:`f1`)."""
+
+    def __init__(self, num_classes=8, name="f1_macro", dtype=None):
+        super().__init__(num_classes, name=name, dtype=dtype)
+
+    def result(self):
+        tp = ops.diagonal(self.matrix)
+        total = ops.sum(self.matrix, axis=0) + ops.sum(self.matrix, axis=1)
+        seen = ops.cast(total > 0, "float64")
+        scores = 2 * tp / ops.maximum(total, 1.0)
+        return ops.cast(ops.sum(scores * seen) / ops.sum(seen), self.dtype)

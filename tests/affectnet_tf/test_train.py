@@ -50,7 +50,7 @@ def test_every_target_and_task(tiny_config, dataset, task, target, extra):
     heads = affectnet_tf.models.TASK_HEADS[task]
     saved_metrics = json.loads((run / "metrics.json").read_text())
     for head in heads:
-        keys = {"accuracy", "macro_f1"} if head == "expression" else {"rmse", "ccc"}
+        keys = {"accuracy", "f1_macro"} if head == "expression" else {"rmse", "ccc"}
         assert keys <= set(saved_metrics[head])
     assert all(np.isfinite(v) for v in result["history"]["loss"])
     config = yaml.safe_load((run / "config.yaml").read_text())

@@ -47,5 +47,5 @@ def test_finetune_example(tiny_config, tmp_path):
 def test_crowd_layer_example(tiny_config, tmp_path):
     module = _load("crowd_layer_c25")
     results = module.run(_args(tiny_config, tmp_path), runs=(("exp", "VW+B"),))
-    assert "macro_f1" in results["exp_VW+B"]["expression"]
+    assert "f1_macro" in results["exp_VW+B"]["expression"]
     assert (tmp_path / "resnet50_cv_exp_VW+B" / "annotators.npz").exists()

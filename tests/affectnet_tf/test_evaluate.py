@@ -1,0 +1,208 @@
+"""Evaluation end to end on tiny runs: metrics.json and the report folder written by training and
+by ``python -m affectnet_tf.evaluate``, a self-contained HTML page, real PNGs of known sizes."""
+
+import base64
+import json
+import math
+import re
+import struct
+
+import numpy as np
+import pytest
+from conftest import STORED
+
+from affectnet_tf import evaluate, metrics, reports
+from affectnet_tf.train import train
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(data):
+    """(width, height) from a PNG's IHDR chunk; fails for anything that is not a PNG."""
+    assert data[:8] == PNG_SIGNATURE, "not a PNG"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13
+    return struct.unpack(">II", data[16:24])
+
+
+def _config(data_dir, output_dir, **overrides):
+    config = {
+        "dataset": "affectnet_c25/set1",
+        "data_dir": str(data_dir),
+        "stored_image_size": STORED,
+        "validation_fraction": 0.5,
+        "model": "compact_cnn",
+        "weights": None,
+        "image_size": 32,
+        "epochs": 2,
+        "batch_size": 4,
+        "steps_per_epoch": 2,
+        "output_dir": str(output_dir),
+        "strategy": "default",
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def crowd_run(train_data_dir, tmp_path_factory):
+    """A crowd run (target cv) on every head: expression, valence and arousal."""
+    run = tmp_path_factory.mktemp("evaluate") / "run"
+    result = train(_config(train_data_dir, run, task="all", target="cv"))
+    return run, result
+
+
+def test_training_writes_metrics_and_self_contained_report(crowd_run):
+    run, result = crowd_run
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["split"] == "set1" and saved["subset"] == "validation"
+    assert set(metrics.EXPRESSION_KEYS) | {"count"} <= set(saved["expression"])
+    for dimension in ("valence", "arousal"):
+        assert set(metrics.AFFECT_KEYS) | {"count"} <= set(saved[dimension])
+    assert saved["expression"]["count"] > 0
+    assert saved["expression"]["accuracy"] == pytest.approx(
+        result["metrics"]["expression"]["accuracy"]
+    )
+    # the held-out slice has crowd answers: the model against single annotators
+    agreement = saved["agreement"]
+    assert agreement["n_annotators"] == 25 and len(agreement["annotators"]) == 25
+    assert {"accuracy", "f1_macro", "valence_ccc", "arousal_ccc"} <= set(agreement["summary"])
+    assert agreement["summary"]["accuracy"]["model"] is not None
+    # 4 held-out images cannot hold all 8 classes: the partial AUC is noted, not hidden
+    assert any("have no true example" in note for note in saved["notes"]["expression"])
+
+    folder = run / "report"
+    expected_sizes = {
+        "confusion_matrix": (700, 600),
+        "valence_arousal": (2000, 500),  # valence, arousal, true and predicted circumplex
+        "valence_arousal_errors": (1000, 400),
+        "annotator_confusions": (1100, 1200),  # 25 annotators, 5 per row
+        "history": (1350, 700),  # loss and the three head losses: 3 columns, 2 rows
+        "agreement": (320 * len(agreement["summary"]), 420),
+    }
+    for name, size in expected_sizes.items():
+        assert _png_size((folder / f"{name}.png").read_bytes()) == size, name
+    examples = _png_size((folder / "examples.png").read_bytes())
+    assert examples[0] == 1440 and examples[1] % 210 == 0
+
+    page = (folder / "report.html").read_text()
+    sources = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", page)
+    assert len(sources) == len(list(folder.glob("*.png"))) == len(expected_sizes) + 1
+    embedded = {}
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+        data = base64.b64decode(source.split(",", 1)[1], validate=True)
+        embedded[_png_size(data)] = data
+    for name, size in expected_sizes.items():
+        assert embedded[size] == (folder / f"{name}.png").read_bytes()
+    # nothing else is fetched: no links, scripts, stylesheets or other src attributes
+    assert page.count("src=") == len(sources)
+    assert not re.search(r"<(link|script)\b|href=|url\(", page)
+
+    markdown = (folder / "report.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert sorted(linked) == sorted(p.name for p in folder.glob("*.png"))
+    for heading in ("## Expression", "## Valence and arousal", "## Training curves"):
+        assert heading in markdown
+    assert "## Annotators (crowd layers)" in markdown
+    assert "## The model against single annotators" in markdown
+    assert "| contempt |" in markdown  # the per-class table
+    assert "Note (expression): auc: classes" in markdown
+
+
+def test_evaluate_command_reproduces_the_training_metrics(crowd_run, tmp_path, capsys):
+    run, result = crowd_run
+    out = tmp_path / "eval"
+    assert evaluate.main(["--model-dir", str(run), "--output-dir", str(out), "--no-report"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "metrics.json").read_text())
+    trained = json.loads((run / "metrics.json").read_text())
+    assert not (out / "report").exists()
+    for head in ("expression", "valence", "arousal"):
+        for key, value in trained[head].items():
+            if value is None:
+                assert saved[head][key] is None
+            else:
+                assert saved[head][key] == pytest.approx(value, abs=1e-5), (head, key)
+                assert printed[head][key] == pytest.approx(value, abs=1e-5)
+    assert saved["agreement"]["summary"]["accuracy"]["model"] == pytest.approx(
+        trained["agreement"]["summary"]["accuracy"]["model"], abs=1e-6
+    )
+
+
+def test_evaluate_run_on_another_split_and_target(crowd_run, tmp_path):
+    run, _ = crowd_run
+    result = evaluate.evaluate_run(
+        run, split="set1", subset="all", target="original", output_dir=tmp_path, report=False
+    )
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["subset"] is None and saved["target"] == "original"
+    assert saved["expression"]["count"] == result["expression"]["count"]
+    # the whole set holds more images than its held-out slice
+    trained = json.loads((run / "metrics.json").read_text())
+    assert saved["expression"]["count"] > trained["expression"]["count"]
+
+
+def test_exp_run_without_crowd_layer_has_no_annotator_section(train_data_dir, tmp_path):
+    run = tmp_path / "run"
+    train(_config(train_data_dir, run, task="exp", target="mv", num_classes=7, epochs=1))
+    saved = json.loads((run / "metrics.json").read_text())
+    assert set(saved) >= {"expression", "agreement"} and "valence" not in saved
+    assert len(saved["agreement"]["annotators"]) == 25
+    pngs = {p.stem for p in (run / "report").glob("*.png")}
+    assert pngs == {"confusion_matrix", "examples", "history", "agreement"}
+    assert _png_size((run / "report" / "confusion_matrix.png").read_bytes()) == (700, 600)
+    assert "| contempt |" not in (run / "report" / "report.md").read_text()
+
+
+def test_errors_name_the_missing_path(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        evaluate.evaluate_run(missing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(empty / "model.keras"))):
+        evaluate.evaluate_run(empty)
+    assert evaluate.main(["--model-dir", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_annotator_grid_puts_true_matrices_beside_learned(rng):
+    learned = rng.dirichlet(np.ones(8), size=(7, 8))
+    alone = reports.plot_annotator_confusions(learned, ["a"] * 8, columns=5)
+    assert reports.figure_size(alone) == (1100, 480)  # 5 per row, 2 rows
+    beside = reports.plot_annotator_confusions(learned, ["a"] * 8, true=learned, columns=5)
+    assert reports.figure_size(beside) == (2200, 480)
+    assert len([a for a in beside.axes if a.images]) == 14
+    with pytest.raises(ValueError, match="shape"):
+        reports.plot_annotator_confusions(learned, ["a"] * 8, true=learned[:3])
+
+
+def test_synthetic_crowd_run_shows_true_annotators_beside_learned(tmp_path):
+    run = tmp_path / "run"
+    config = _config(
+        tmp_path / "tfds", run, dataset="synthetic_faces/tiny", task="all", target="cv", epochs=1
+    )
+    config.pop("stored_image_size")
+    config.pop("validation_fraction")
+    train(config)
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["split"] == "test" and saved["target"] == "true"
+    assert saved["agreement"]["n_annotators"] == 25
+    # learned and true matrices side by side: twice the width of the learned grid alone
+    assert _png_size((run / "report" / "annotator_confusions.png").read_bytes()) == (2200, 1200)
+    markdown = (run / "report" / "report.md").read_text()
+    assert "beside the true simulated ones" in markdown
+    assert "correlation with the true simulated value" in markdown
+    assert evaluate._simulated_annotators("affectnet_c25", builder=None) is None
+
+
+def test_va_plot_switches_to_densities(rng):
+    many = {d: rng.uniform(-1, 1, reports.DENSITY_THRESHOLD + 1) for d in ("valence", "arousal")}
+    figure = reports.plot_va(many, many)
+    assert reports.figure_size(figure) == (2000, 500)
+    assert all(axis.collections for axis in figure.axes)
+    assert not any(type(c).__name__ == "PathCollection" for a in figure.axes for c in a.collections)
+    one = reports.plot_va({"valence": many["valence"][:10]}, {"valence": many["valence"][:10]})
+    assert reports.figure_size(one) == (500, 500)
+    assert math.isclose(len(one.axes), 1)
