@@ -3,8 +3,8 @@
 A run folder holds ``config.yaml`` (the resolved configuration), ``model.keras`` (the prediction
 model: raw RGB ``uint8`` images of any size in, metadata inside), ``crowd_model.keras`` and
 ``annotators.npz`` for crowd runs (``--target cv``), ``history.csv``, TensorBoard logs in
-``logs/``, ``best.weights.h5`` (the best epoch by ``--monitor``) and ``metrics.json`` on the
-evaluation split.
+``logs/``, ``best.weights.h5`` (the best epoch by ``--monitor``), and ``metrics.json`` and
+``report/`` on the evaluation split (:func:`affectnet_tf.evaluate.evaluate_model`).
 
 Fault tolerance: the same command started again (or with ``--resume``) continues after the
 last finished epoch: ``keras.callbacks.BackupAndRestore`` for ``model.fit``, and a
@@ -30,7 +30,7 @@ import crowd_layers
 from affectnet_tf import data, metrics, models
 from affectnet_tf import losses as losses_module
 from affectnet_tf.backbones import BACKBONES, WeightsUnavailableError
-from tfds_affectnet import AffectNetC25Config, AffectNetConfig
+from tfds_affectnet import AffectNetC25Config, AffectNetConfig, SyntheticFaces
 
 __all__ = [
     "DEFAULTS",
@@ -52,10 +52,20 @@ _FLAGS = [
         "affectnet_c25/set1",
         str,
         None,
-        "TFDS dataset: affectnet_c25/<set> (trains on a held-out slice of the set) or affectnet",
+        "TFDS dataset: affectnet_c25/<set> (trains on a held-out slice of the set), affectnet, "
+        "or synthetic_faces/<config> (train / validation / test, evaluated against the truth)",
     ),
     ("Data", "split", None, str, None, "training split (default: inferred from --dataset)"),
     ("Data", "eval-split", None, str, None, "evaluation split (default: inferred)"),
+    (
+        "Data",
+        "val-split",
+        None,
+        str,
+        None,
+        "validation split of the epochs (default: synthetic_faces' validation, else the "
+        "evaluation split)",
+    ),
     ("Data", "data-dir", None, str, None, "TFDS data folder"),
     ("Data", "manual-dir", None, str, None, "manual download folder (first preparation only)"),
     (
@@ -219,7 +229,15 @@ def resolve_dataset(config):
     tfds_config = config_name
     if config.get("stored_image_size"):
         size = int(config["stored_image_size"])
-        if base == "affectnet_c25":
+        if base == "synthetic_faces":
+            named = {c.name: c for c in SyntheticFaces.BUILDER_CONFIGS}
+            if (config_name or "c25_dense") not in named:
+                raise ValueError(
+                    f"synthetic_faces has the configs {sorted(named)}. "
+                    f"Received: dataset={config['dataset']!r}"
+                )
+            tfds_config = named[config_name or "c25_dense"].with_image_size(size)
+        elif base == "affectnet_c25":
             tfds_config = AffectNetC25Config(
                 name=f"{config_name or 'default'}_{size}",
                 image_size=size,
@@ -242,7 +260,19 @@ def resolve_dataset(config):
         if eval_split is None or eval_split == split:
             return base, tfds_config, (split, "train"), (split, "validation")
         return base, tfds_config, (split, None), (eval_split, None)
+    if base == "synthetic_faces":
+        return base, tfds_config, (split or "train", None), (eval_split or "test", None)
     return base, tfds_config, (split or "train", None), (eval_split or "validation", None)
+
+
+def _validation_split(config, eval_split, eval_subset):
+    """The ``(split, subset)`` validated on after each epoch: ``--val-split``, synthetic_faces'
+    validation split, or else the evaluation split."""
+    if config.get("val_split"):
+        return config["val_split"], None
+    if config["dataset"].split("/")[0] == "synthetic_faces":
+        return "validation", None
+    return eval_split, eval_subset
 
 
 def _tpu_available():
@@ -338,16 +368,28 @@ def _schedule(config, learning_rate, steps):
     return learning_rate
 
 
+def _monitor_mode(monitor):
+    """``max`` for scores (accuracy, F1, CCC ...), ``min`` for losses and errors."""
+    scores = ("acc", "f1", "ccc", "corr", "sagr", "auc", "kappa", "alpha")
+    return "max" if any(score in monitor for score in scores) else "min"
+
+
 def _compile(model, config, losses, learning_rate, steps):
     single = len(losses) == 1
     loss = next(iter(losses.values())) if single else losses
     metric_list = {}
     if "expression" in losses and config["target"] in ("mv", "original", "true"):
         metric_list["expression"] = ["sparse_categorical_accuracy"]
+        if config["strategy"] != "tpu":  # the streaming metrics keep float64 sums
+            metric_list["expression"].append(metrics.MacroF1(int(config["num_classes"])))
+    for head in ("valence", "arousal"):
+        crowd = config["target"] == "cv" or config.get("va_target") == "cv"
+        if head in losses and not crowd and config["strategy"] != "tpu":
+            metric_list[head] = [metrics.ConcordanceCorrelation()]
     model.compile(
         optimizer=keras.optimizers.Adam(_schedule(config, learning_rate, steps)),
         loss=loss,
-        metrics=(metric_list.get("expression") if single else metric_list) or None,
+        metrics=(next(iter(metric_list.values()), None) if single else metric_list) or None,
         jit_compile=bool(config["jit_compile"]),
     )
 
@@ -402,6 +444,7 @@ def _fit(strategy, built, config, losses, train_ds, val_ds, steps, run_dir, work
             keras.callbacks.ModelCheckpoint(
                 os.path.join(run_dir, "best.weights.h5"),
                 monitor=config["monitor"],
+                mode=_monitor_mode(config["monitor"]),
                 save_best_only=True,
                 save_weights_only=True,
             ),
@@ -531,28 +574,11 @@ def _custom_loop(
     return history
 
 
-def _evaluate(prediction_model, eval_ds, heads):
-    """metrics.json content: expression accuracy / macro F1, valence / arousal RMSE / CCC."""
-    truths = {head: [] for head in heads}
-    predictions = {head: [] for head in heads}
-    for images, targets in eval_ds:
-        outputs = prediction_model(images, training=False)
-        if len(heads) == 1:
-            outputs, targets = {heads[0]: outputs}, {heads[0]: targets}
-        for head in heads:
-            truths[head].append(np.asarray(targets[head]))
-            predictions[head].append(np.asarray(outputs[head]))
-    result = {}
-    for head in heads:
-        y_true, y_pred = np.concatenate(truths[head]), np.concatenate(predictions[head])
-        if head == "expression":
-            result[head] = metrics.expression_metrics(y_true, y_pred)
-        else:
-            result[head] = metrics.regression_metrics(y_true, y_pred)
-    return result
-
-
 def _eval_targets(config):
+    """The targets of the final evaluation: the truth on synthetic_faces, else the crowd's
+    majority vote / mean (or the single label for ``original`` and ``true`` runs)."""
+    if config["dataset"].split("/")[0] == "synthetic_faces":
+        return "true", "true"
     target = config["target"]
     exp_target = target if target in ("original", "true") else "mv"
     va = config.get("va_target") or target
@@ -641,8 +667,9 @@ def _train(config):
         **targets,
         **common,
     )
+    val_split, val_subset = _validation_split(config, eval_split, eval_subset)
     val_ds, _ = data.make_dataset(
-        name, eval_split, subset=eval_subset, image_size=_image_size(config), **targets, **common
+        name, val_split, subset=val_subset, image_size=_image_size(config), **targets, **common
     )
     exp_target, va_target = _eval_targets(config)
     eval_ds, eval_info = data.make_dataset(
@@ -713,7 +740,6 @@ def _train(config):
     best = os.path.join(run_dir, "best.weights.h5")
     if os.path.exists(best):
         built.training_model.load_weights(best)
-    result_metrics = _evaluate(built.prediction_model, eval_ds, heads)
     if chief:
         built.prediction_model.save(os.path.join(run_dir, "model.keras"))
         if config["target"] == "cv":
@@ -722,10 +748,29 @@ def _train(config):
                 os.path.join(run_dir, "annotators.npz"),
                 **models.crowd_layer_weights(built.training_model),
             )
-        with open(os.path.join(run_dir, "metrics.json"), "w") as stream:
-            json.dump(
-                {"split": eval_split, "subset": eval_subset, **result_metrics}, stream, indent=2
-            )
+    # metrics.json and report/ (the chief only; other workers compute the metrics alone).
+    # Imported here so that `python -m affectnet_tf.evaluate` / `.agreement` run cleanly.
+    from affectnet_tf import evaluate
+
+    result_metrics = evaluate.evaluate_model(
+        built.prediction_model,
+        eval_ds,
+        output_dir=run_dir if chief else None,
+        dataset_options={
+            "name": name,
+            "split": eval_split,
+            "subset": eval_subset,
+            "image_size": _image_size(config),
+            "batch_size": int(config["batch_size"]),
+            "data_dir": config["data_dir"],
+            "config": common["config"],
+            "validation_fraction": config["validation_fraction"],
+        },
+        split=eval_split,
+        subset=eval_subset,
+        extra={"dataset": name, "target": exp_target},
+    )
+    if chief:
         shutil.rmtree(work_dir, ignore_errors=True)
     else:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -53,6 +53,14 @@ def test_every_target_and_task(tiny_config, dataset, task, target, extra):
         keys = {"accuracy", "f1_macro"} if head == "expression" else {"rmse", "ccc"}
         assert keys <= set(saved_metrics[head])
     assert all(np.isfinite(v) for v in result["history"]["loss"])
+    # streaming Keras metrics during training: macro F1 for class targets, CCC for VA values
+    history = set(result["history"])
+    prefix = "expression_" if len(heads) > 1 else ""
+    if "expression" in heads and target in ("mv", "original"):
+        assert f"val_{prefix}f1_macro" in history
+    for head in set(heads) & {"valence", "arousal"}:
+        va_prefix = f"{head}_" if len(heads) > 1 else ""
+        assert (f"val_{va_prefix}ccc" in history) == (target != "cv")
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["task"] == task and config["target"] == target
     model = affectnet_tf.load_model(run / "model.keras")
@@ -215,6 +223,15 @@ def test_multi_worker_with_two_local_workers_killed_and_resumed(tiny_config, tmp
         rows = list(csv.DictReader(stream))
     assert [row["epoch"] for row in rows] == ["0", "1"]
     assert all(np.isfinite(float(row["val_loss"])) for row in rows)
+
+
+def test_monitor_mode_maximises_scores_and_minimises_losses():
+    from affectnet_tf.train import _monitor_mode
+
+    for name in ("val_loss", "val_expression_loss", "val_valence_rmse"):
+        assert _monitor_mode(name) == "min"
+    for name in ("val_f1_macro", "val_sparse_categorical_accuracy", "val_arousal_ccc"):
+        assert _monitor_mode(name) == "max"
 
 
 def test_config_file_values_are_overridden_by_flags(tmp_path):
