@@ -9,11 +9,11 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import STORED
 
 from affectnet_tf import evaluate, metrics, reports
 from affectnet_tf.train import train
 
+STORED = 32  # the stored image side of the dummy data (tests/affectnet_tf/conftest.py)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
