@@ -20,8 +20,10 @@ $(VENV)/.installed-test: setup.py pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(VENV)/.installed $@
 
+# Synthetic faces with a simulated AffectNetC25 crowd: builds the dataset, trains one small model
+# per target (truth, majority vote, Dawid-Skene, crowd layers), prints the table vs the truth.
 demo: $(VENV)/.installed
-	$(BIN)/python examples/simulated_crowd.py --output-dir $(DEMO_DIR)
+	$(BIN)/python examples/demo.py --output-dir $(DEMO_DIR)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -38,3 +38,17 @@ def c25_csv_dir():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_faces_tiny(tmp_path_factory):
+    """``(data_dir, builder)`` of ``synthetic_faces/tiny`` (48 drawn faces per split at 32x32,
+    25 simulated answers each, with the truth), built once per session in about a second."""
+    import tensorflow_datasets as tfds
+
+    import tfds_affectnet  # noqa: F401  (registers the builders)
+
+    data_dir = tmp_path_factory.mktemp("synthetic_faces")
+    builder = tfds.builder("synthetic_faces/tiny", data_dir=data_dir)
+    builder.download_and_prepare()
+    return data_dir, builder

@@ -1,6 +1,8 @@
 """TFDS builders of AffectNet and AffectNetC25.
 
-Importing the package registers the builders ``affectnet`` and ``affectnet_c25``::
+Importing the package registers the builders ``affectnet``, ``affectnet_c25`` and
+``synthetic_faces`` (drawn faces with a simulated crowd, built locally: no download), and the
+video builders ``afew`` and ``vgaf`` (MTCNN face crops per frame, manual download)::
 
     import tensorflow_datasets as tfds
     import tfds_affectnet  # noqa: F401  (registers the builders)
@@ -11,9 +13,27 @@ Importing the package registers the builders ``affectnet`` and ``affectnet_c25``
 """
 
 from tfds_affectnet import labels
+from tfds_affectnet.afew import AfewConfig
+from tfds_affectnet.afew import Builder as Afew
 from tfds_affectnet.affectnet import AffectNetConfig
 from tfds_affectnet.affectnet import Builder as AffectNet
 from tfds_affectnet.affectnet_c25 import AffectNetC25Config
 from tfds_affectnet.affectnet_c25 import Builder as AffectNetC25
+from tfds_affectnet.synthetic_faces import Builder as SyntheticFaces
+from tfds_affectnet.synthetic_faces import SyntheticFacesConfig
+from tfds_affectnet.vgaf import Builder as Vgaf
+from tfds_affectnet.vgaf import VgafConfig
 
-__all__ = ["labels", "AffectNet", "AffectNetConfig", "AffectNetC25", "AffectNetC25Config"]
+__all__ = [
+    "labels",
+    "AffectNet",
+    "AffectNetConfig",
+    "AffectNetC25",
+    "AffectNetC25Config",
+    "SyntheticFaces",
+    "SyntheticFacesConfig",
+    "Afew",
+    "AfewConfig",
+    "Vgaf",
+    "VgafConfig",
+]
