@@ -30,6 +30,7 @@ __all__ = [
     "augment_batch",
     "augment_image",
     "make_dataset",
+    "crowd_answers",
 ]
 
 TASKS = ("exp", "aro", "val", "va", "all")
@@ -415,6 +416,34 @@ def _split_name(name, split):
             )
         name, split = name.rsplit("/", 1)
     return name, split
+
+
+def crowd_answers(
+    name,
+    split=None,
+    *,
+    num_classes=8,
+    data_dir=None,
+    manual_dir=None,
+    config=None,
+    subset=None,
+    validation_fraction=0.1,
+):
+    """The expression answer matrix ``(N, R)`` (-1: no answer) of the images ``make_dataset``
+    trains on with ``target="cv"``: the same split, subset and class set (with 7 classes,
+    contempt answers are no answers). For aggregators, or to initialise crowd layers.
+    """
+    name, split = _split_name(name, split)
+    builder = _prepared_builder(name, data_dir=data_dir, manual_dir=manual_dir, config=config)
+    table = load_label_table(builder, split)
+    if "crowd_expression" not in table:
+        raise ValueError(
+            f"{builder.info.full_name} has no crowd answers (feature crowd_expression). "
+            f"Received: name={name!r}"
+        )
+    answers, keep, _, _ = build_targets(table, task="exp", target="cv", num_classes=num_classes)
+    keep &= _in_subset(table["file_name"], subset, validation_fraction)
+    return np.asarray(answers)[keep]
 
 
 def make_dataset(

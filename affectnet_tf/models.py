@@ -74,6 +74,7 @@ def build_model(
     image_size=None,
     dropout=0.2,
     metadata=None,
+    init_confusions=None,
 ):
     """Builds the training model and the prediction model (sharing weights).
 
@@ -87,6 +88,8 @@ def build_model(
             (:class:`crowd_layers.CrowdsClassification`) or ``confusion``
             (:class:`crowd_layers.CrowdsConfusion`).
         va_crowd_layer: valence/arousal crowd layer connection, ``S``, ``B``, ``S+B``, ``B+S``.
+        init_confusions: optional ``(num_annotators, K, K)`` row-stochastic matrices that the
+            ``confusion`` crowd layer starts from (e.g. Dawid-Skene's ``confusions_``).
         weights: ``"imagenet"``, ``None`` or a weights file of the backbone.
         image_size: model input side (default: the backbone's default size).
         dropout: dropout rate before the heads.
@@ -106,6 +109,11 @@ def build_model(
             raise ValueError(
                 "`target='cv'` needs the number of annotators of the dataset (a dataset with "
                 f"crowd answers, such as affectnet_c25). Received: num_annotators={num_annotators!r}"
+            )
+        if init_confusions is not None and crowd_layer != "confusion":
+            raise ValueError(
+                "`init_confusions` initialises the `confusion` crowd layer only. Received: "
+                f"crowd_layer={crowd_layer!r}"
             )
     backbone, spec = build_backbone(model, weights=weights, image_size=image_size)
     size = int(backbone.input_shape[1])
@@ -157,7 +165,11 @@ def build_model(
         if head == "expression":
             if crowd_layer == "confusion":
                 layer = crowd_layers.CrowdsConfusion(
-                    num_classes, num_annotators, dtype="float32", name=f"crowd_{head}"
+                    num_classes,
+                    num_annotators,
+                    init_confusions=init_confusions,
+                    dtype="float32",
+                    name=f"crowd_{head}",
                 )
             else:
                 layer = crowd_layers.CrowdsClassification(

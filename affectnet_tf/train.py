@@ -118,6 +118,15 @@ _FLAGS = [
     ),
     (
         "Crowd",
+        "crowd-init",
+        "diagonal",
+        str,
+        ("diagonal", "ds"),
+        "start of the confusion crowd layer: diagonal (each annotator right 90%% of the time), "
+        "or ds (Dawid-Skene's matrices of the training answers)",
+    ),
+    (
+        "Crowd",
         "va-crowd-layer",
         "S+B",
         str,
@@ -708,6 +717,7 @@ def _train(config):
             image_size=_image_size(config),
             dropout=config["dropout"],
             metadata=metadata,
+            init_confusions=_initial_confusions(config, heads, name, split, subset, tfds_config),
         )
     losses = _losses(config, heads, info)
     os.makedirs(work_dir, exist_ok=True)
@@ -781,6 +791,34 @@ def _train(config):
         "history": history,
         "chief": chief,
     }
+
+
+def _initial_confusions(config, heads, name, split, subset, tfds_config):
+    """Dawid-Skene's confusion matrices of the training answers, to start the confusion layer.
+
+    ``--crowd-init ds``: the crowd layer starts where the classic aggregator ends instead of at a
+    generic diagonal (one pseudo-answer per cell keeps every logit finite).
+    """
+    init = config.get("crowd_init") or "diagonal"
+    if config["target"] != "cv" or "expression" not in heads or init == "diagonal":
+        return None
+    if config["crowd_layer"] != "confusion":
+        raise ValueError(
+            "--crowd-init ds initialises the confusion crowd layer only; use "
+            f"--crowd-layer confusion. Received: crowd_layer={config['crowd_layer']!r}"
+        )
+    answers = data.crowd_answers(
+        name,
+        split,
+        num_classes=int(config["num_classes"]),
+        data_dir=config["data_dir"],
+        manual_dir=config["manual_dir"],
+        config=tfds_config if not isinstance(tfds_config, str) else None,
+        subset=subset,
+        validation_fraction=config["validation_fraction"],
+    )
+    aggregator = crowd_layers.DawidSkene(num_classes=int(config["num_classes"]), smoothing=1.0)
+    return aggregator.fit(answers).confusions_
 
 
 def _image_size(config):

@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 import affectnet_tf
+import crowd_layers
 from affectnet_tf import train as train_module
-from affectnet_tf.train import train
+from affectnet_tf.train import DEFAULTS, _initial_confusions, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -302,3 +303,57 @@ def test_mixed_precision_and_xla(tiny_config):
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     model = affectnet_tf.load_model(Path(result["run_dir"]) / "model.keras")
     assert model.output.dtype == "float32"
+
+
+def test_confusion_layer_starts_from_dawid_skene_of_the_training_answers(synthetic_faces_tiny):
+    data_dir, builder = synthetic_faces_tiny
+    answers = affectnet_tf.data.crowd_answers("synthetic_faces/tiny", "train", data_dir=data_dir)
+    table = affectnet_tf.data.load_label_table(builder, "train")
+    assert answers.shape == table["crowd_expression"].shape
+    np.testing.assert_array_equal(answers, table["crowd_expression"])
+    seven = affectnet_tf.data.crowd_answers(
+        "synthetic_faces/tiny", "train", num_classes=7, data_dir=data_dir
+    )
+    # 7 classes: contempt answers become no answers, images voted contempt are dropped
+    blanked = {tuple(row) for row in np.where(answers == 7, -1, answers)}
+    assert not (seven == 7).any() and 0 < len(seven) < len(answers)
+    assert all(tuple(row) in blanked for row in seven)
+
+    expected = crowd_layers.DawidSkene(num_classes=8, smoothing=1.0).fit(answers).confusions_
+    config = {
+        **DEFAULTS,
+        "dataset": "synthetic_faces/tiny",
+        "data_dir": str(data_dir),
+        "target": "cv",
+        "crowd_init": "ds",
+        "model": "compact_cnn",
+        "weights": None,
+    }
+    heads = ["expression"]
+    start = _initial_confusions(config, heads, "synthetic_faces/tiny", "train", None, None)
+    np.testing.assert_allclose(start, expected)
+    assert (
+        _initial_confusions({**config, "crowd_init": "diagonal"}, heads, "x", "y", None, None)
+        is None
+    )
+    assert _initial_confusions({**config, "target": "mv"}, heads, "x", "y", None, None) is None
+    with pytest.raises(ValueError, match="--crowd-init ds initialises the confusion"):
+        _initial_confusions(
+            {**config, "crowd_layer": "MW", "crowd_init": "ds"}, heads, "x", "y", None, None
+        )
+
+    # the crowd layer of a run starts there: zero epochs of training would keep it; one short
+    # epoch at a tiny learning rate keeps it close
+    run = train(
+        {
+            **config,
+            "epochs": 1,
+            "steps_per_epoch": 1,
+            "learning_rate": 1e-6,
+            "image_size": 32,
+            "batch_size": 8,
+            "output_dir": str(data_dir / "run"),
+        }
+    )
+    learned = np.load(Path(run["run_dir"]) / "annotators.npz")["expression_confusions"]
+    np.testing.assert_allclose(learned, expected, atol=1e-3)
