@@ -47,3 +47,21 @@ def test_training_benchmark_quick_runs(tmp_path):
     assert "compact_cnn" in result.stdout and "crowd head cost" in result.stdout
     (row,) = json.loads(output.read_text())
     assert row["plain"] > 0 and row["crowd"] > 0
+
+
+@pytest.mark.slow
+def test_training_benchmark_gpu_mode_runs_unchanged_on_cpu(tmp_path):
+    """The --gpu mode (mixed precision, XLA) is the same code: it runs on this CPU too."""
+    output = tmp_path / "gpu.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--quick", "--gpu"]
+    result = subprocess.run(
+        [*command, "--batch-size", "16", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "mixed precision + XLA" in result.stdout
+    (row,) = json.loads(output.read_text())
+    assert row["plain"] > 0 and row["crowd"] > 0 and 0 <= row["isolated_cost"] < 1
