@@ -56,7 +56,7 @@ FULL = {
     "dataset": "synthetic_faces/c25_dense",
     "model": "compact_cnn_small",
     "image_size": 64,
-    "epochs": 10,
+    "epochs": 20,
     "batch_size": 32,
     "learning_rate": 3e-3,
 }
@@ -80,7 +80,7 @@ def parse_args(argv=None):
         choices=sorted(TARGET_NAMES),
         help=f"training targets, one run each (default: {' '.join(TARGETS)})",
     )
-    parser.add_argument("--epochs", type=int, help="epochs per run (default: 10; --quick: 1)")
+    parser.add_argument("--epochs", type=int, help="epochs per run (default: 20; --quick: 1)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     parser.add_argument(
         "--config",
