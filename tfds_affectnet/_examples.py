@@ -23,6 +23,7 @@ __all__ = [
     "read_bytes",
     "AffectNetRowProcessor",
     "C25RowProcessor",
+    "crowd_features",
 ]
 
 EMOTIONS8 = "emotions8"
@@ -37,6 +38,30 @@ BAD_ANNOTATION = "bad annotation"
 MISSING_ANNOTATION = "missing annotation file"
 BAD_FACE_BOX = "face box empty or outside the image"
 LANDMARKS_NAN = "landmarks unreadable, stored as NaN"
+
+
+def crowd_features(image_size, num_annotators, encoding_format="jpeg"):
+    """The features of a crowd-labelled dataset (``affectnet_c25`` and ``synthetic_faces``).
+
+    ``image``, ``file_name``, ``affectnet_index``, the raw answers (``crowd_expression``:
+    ``num_annotators`` ints, -1 for no answer; ``crowd_valence`` / ``crowd_arousal``: floats,
+    NaN for no answer) and AffectNet's own single label of the image.
+    """
+    import tensorflow_datasets as tfds
+
+    crowd = (int(num_annotators),)
+    image_shape = (image_size, image_size, 3)
+    return {
+        "image": tfds.features.Image(shape=image_shape, encoding_format=encoding_format),
+        "file_name": tfds.features.Text(),
+        "affectnet_index": tfds.features.Scalar(dtype=np.int64),
+        "crowd_expression": tfds.features.Tensor(shape=crowd, dtype=np.int64),
+        "crowd_valence": tfds.features.Tensor(shape=crowd, dtype=np.float32),
+        "crowd_arousal": tfds.features.Tensor(shape=crowd, dtype=np.float32),
+        "affectnet_expression": tfds.features.Scalar(dtype=np.int64),
+        "affectnet_valence": tfds.features.Scalar(dtype=np.float32),
+        "affectnet_arousal": tfds.features.Scalar(dtype=np.float32),
+    }
 
 
 def label_names(label_set):

@@ -111,23 +111,13 @@ against checksums.tsv.
     DEFAULT_CONFIG_NAME = "default"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        size = self.builder_config.image_size
-        crowd = (_sources.C25_NUM_PARTICIPANTS,)
         return tfds.core.DatasetInfo(
             builder=self,
             description=_DESCRIPTION,
             features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
-                    "file_name": tfds.features.Text(),
-                    "affectnet_index": tfds.features.Scalar(dtype=np.int64),
-                    "crowd_expression": tfds.features.Tensor(shape=crowd, dtype=np.int64),
-                    "crowd_valence": tfds.features.Tensor(shape=crowd, dtype=np.float32),
-                    "crowd_arousal": tfds.features.Tensor(shape=crowd, dtype=np.float32),
-                    "affectnet_expression": tfds.features.Scalar(dtype=np.int64),
-                    "affectnet_valence": tfds.features.Scalar(dtype=np.float32),
-                    "affectnet_arousal": tfds.features.Scalar(dtype=np.float32),
-                }
+                _examples.crowd_features(
+                    self.builder_config.image_size, _sources.C25_NUM_PARTICIPANTS
+                )
             ),
             supervised_keys=("image", "crowd_expression"),
             homepage=_HOMEPAGE,

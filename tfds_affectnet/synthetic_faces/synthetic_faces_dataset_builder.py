@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_affectnet import labels
+from tfds_affectnet import _examples, labels
 from tfds_affectnet.synthetic_faces import annotators, faces
 
 __all__ = ["SPLITS", "SyntheticFacesConfig", "Builder", "split_classes", "make_example"]
@@ -163,22 +163,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "c25_dense"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        size = self.builder_config.image_size
-        crowd = (self.builder_config.num_annotators,)
+        config = self.builder_config
         return tfds.core.DatasetInfo(
             builder=self,
             description=_DESCRIPTION,
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
-                    "file_name": tfds.features.Text(),
-                    "affectnet_index": tfds.features.Scalar(dtype=np.int64),
-                    "crowd_expression": tfds.features.Tensor(shape=crowd, dtype=np.int64),
-                    "crowd_valence": tfds.features.Tensor(shape=crowd, dtype=np.float32),
-                    "crowd_arousal": tfds.features.Tensor(shape=crowd, dtype=np.float32),
-                    "affectnet_expression": tfds.features.Scalar(dtype=np.int64),
-                    "affectnet_valence": tfds.features.Scalar(dtype=np.float32),
-                    "affectnet_arousal": tfds.features.Scalar(dtype=np.float32),
+                    **_examples.crowd_features(
+                        config.image_size, config.num_annotators, encoding_format="png"
+                    ),
                     "true_expression": tfds.features.ClassLabel(names=labels.EXPRESSION_NAMES),
                     "true_valence": tfds.features.Scalar(dtype=np.float32),
                     "true_arousal": tfds.features.Scalar(dtype=np.float32),
