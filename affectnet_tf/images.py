@@ -6,6 +6,8 @@ to ``uint8``. The saved model's metadata records :data:`RESIZE_METHOD` so that u
 model can tell how its inputs were made.
 """
 
+import re
+
 import numpy as np
 import tensorflow as tf
 
@@ -45,9 +47,8 @@ def load_image_file(path, image_size=None):
     try:
         image = decode_image(tf.io.read_file(path))
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-        raise ValueError(
-            f"Cannot decode image file {path}: {error.message.splitlines()[0]}"
-        ) from None
+        reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", error.message)
+        raise ValueError(f"Cannot decode image file {path}: {reason.splitlines()[0]}") from None
     if image_size is not None:
         image = resize_image(image, image_size)
     return np.asarray(image)
