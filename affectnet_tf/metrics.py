@@ -49,6 +49,7 @@ __all__ = [
     "ConcordanceCorrelation",
     "SignAgreement",
     "PearsonCorrelation",
+    "MaskedAccuracy",
     "BalancedAccuracy",
     "MacroF1",
 ]
@@ -557,6 +558,19 @@ class _ConfusionMetric(keras.metrics.Metric):
 
     def get_config(self):
         return {"num_classes": self.num_classes, "name": self.name, "dtype": self.dtype}
+
+
+@keras.saving.register_keras_serializable(package="affectnet_tf")
+class MaskedAccuracy(_ConfusionMetric):
+    """Accuracy over the labelled rows (``-1`` ignored, unlike ``sparse_categorical_accuracy``,
+    which counts them as wrong): for multi-task batches where some images lack the label."""
+
+    def __init__(self, num_classes=8, name="accuracy", dtype=None):
+        super().__init__(num_classes, name=name, dtype=dtype)
+
+    def result(self):
+        total = ops.sum(self.matrix)
+        return ops.cast(ops.sum(ops.diagonal(self.matrix)) / ops.maximum(total, 1.0), self.dtype)
 
 
 @keras.saving.register_keras_serializable(package="affectnet_tf")

@@ -388,9 +388,11 @@ def _compile(model, config, losses, learning_rate, steps):
     loss = next(iter(losses.values())) if single else losses
     metric_list = {}
     if "expression" in losses and config["target"] in ("mv", "original", "true"):
-        metric_list["expression"] = ["sparse_categorical_accuracy"]
-        if config["strategy"] != "tpu":  # the streaming metrics keep float64 sums
-            metric_list["expression"].append(metrics.MacroF1(int(config["num_classes"])))
+        if config["strategy"] == "tpu":  # the package's streaming metrics keep float64 sums
+            metric_list["expression"] = ["sparse_categorical_accuracy"]
+        else:
+            k = int(config["num_classes"])
+            metric_list["expression"] = [metrics.MaskedAccuracy(k), metrics.MacroF1(k)]
     for head in ("valence", "arousal"):
         crowd = config["target"] == "cv" or config.get("va_target") == "cv"
         if head in losses and not crowd and config["strategy"] != "tpu":

@@ -186,6 +186,7 @@ def test_keras_regression_metrics_stream_to_the_numpy_value(rng, metric, functio
 @pytest.mark.parametrize(
     "metric, function",
     [
+        (metrics.MaskedAccuracy, metrics.accuracy),
         (metrics.BalancedAccuracy, metrics.balanced_accuracy),
         (metrics.MacroF1, metrics.macro_f1),
     ],
