@@ -182,8 +182,12 @@ def cache_for(config, dl_manager, dataset):
     return _video.BoxCache(folder)
 
 
-def generate_clips(rows, processor, report, extra_outcomes=()):
-    """Plain generation of clips; writes the skip log, report and ``faces_<split>.json``."""
+def generate_clips(builder, split, mode, rows, cache, extra_outcomes=()):
+    """Plain generation of a video builder's clips (``mode``: ``"largest"`` or ``"all"`` faces);
+    writes the skip log, report and ``faces_<split>.json``."""
+    config = builder.builder_config
+    processor = ClipProcessor(config.cropper(mode), config.sampler(), cache, _video.FaceReport())
+    report = _generation.SplitReport(f"{builder.name}/{config.name}", split, builder.data_path)
     completed = False
     try:
         yield from _generation.generate(rows, processor, report, extra_outcomes, threads=1)

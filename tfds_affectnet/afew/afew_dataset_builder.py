@@ -5,7 +5,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from tfds_affectnet import _generation, _video, _video_examples, labels
+from tfds_affectnet import _generation, _video_examples, labels
 
 __all__ = ["AFEW_FOLDERS", "SPLIT_FOLDERS", "AfewConfig", "Builder"]
 
@@ -161,9 +161,4 @@ rebuild with another crop size does not run MTCNN again.
                     continue
                 seen.add(stem)
                 rows.append({"file_name": f"{emotion}/{stem}", "path": path, "label": label})
-        config = self.builder_config
-        processor = _video_examples.ClipProcessor(
-            config.cropper("largest"), config.sampler(), cache, _video.FaceReport()
-        )
-        report = _generation.SplitReport(f"{self.name}/{config.name}", split, self.data_path)
-        return _video_examples.generate_clips(rows, processor, report, extra)
+        return _video_examples.generate_clips(self, split, "largest", rows, cache, extra)

@@ -185,9 +185,4 @@ rebuild with another crop size does not run MTCNN again.
             _generation.skipped(name, "label without a video", f"not found in {video_dir}")
             for name in sorted(set(clip_labels) - seen)
         )
-        config = self.builder_config
-        processor = _video_examples.ClipProcessor(
-            config.cropper("all"), config.sampler(), cache, _video.FaceReport()
-        )
-        report = _generation.SplitReport(f"{self.name}/{config.name}", split, self.data_path)
-        return _video_examples.generate_clips(rows, processor, report, extra)
+        return _video_examples.generate_clips(self, split, "all", rows, cache, extra)
