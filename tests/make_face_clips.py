@@ -3,7 +3,8 @@
 Used by the face-crop, prediction, video builder and video training tests. Clips are tiny MJPG
 AVI or MPEG-4 (mp4v) files (OpenCV writes both without any extra codec); the face moves and changes scale from
 frame to frame, chosen frames are blank (no face), and `write_corrupt_clip` writes a file that
-OpenCV cannot open.
+OpenCV cannot open. `save_tiny_run` writes the run folder of an untrained tiny model for the
+prediction and video training tests.
 """
 
 import os
@@ -130,3 +131,19 @@ def make_vgaf_layout(root, frames=4):
         with open(os.path.join(root, f"{split}_labels.txt"), "w") as stream:
             stream.write("\n".join(lines) + "\n")
     return clips
+
+
+def save_tiny_run(folder, task):
+    """A run folder (``model.keras``, ``config.yaml``) of an untrained 32x32 compact CNN."""
+    import yaml
+
+    import affectnet_tf
+
+    built = affectnet_tf.build_model(
+        "compact_cnn", weights=None, task=task, image_size=32, dropout=0.0
+    )
+    os.makedirs(folder, exist_ok=True)
+    built.prediction_model.save(os.path.join(folder, "model.keras"))
+    with open(os.path.join(folder, "config.yaml"), "w") as stream:
+        yaml.safe_dump({"model": "compact_cnn", "task": task, "image_size": 32}, stream)
+    return str(folder)

@@ -8,7 +8,6 @@ import cv2
 import make_face_clips
 import numpy as np
 import pytest
-import yaml
 
 import affectnet_tf
 from affectnet_tf import faces, predict, video
@@ -19,20 +18,9 @@ CLIP_FRAMES = 8
 BLANK = (3, 4)
 
 
-def _save_run(folder, task):
-    built = affectnet_tf.build_model(
-        "compact_cnn", weights=None, task=task, image_size=32, dropout=0.0
-    )
-    os.makedirs(folder, exist_ok=True)
-    built.prediction_model.save(os.path.join(folder, "model.keras"))
-    with open(os.path.join(folder, "config.yaml"), "w") as stream:
-        yaml.safe_dump({"model": "compact_cnn", "task": task, "image_size": 32}, stream)
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return _save_run(tmp_path_factory.mktemp("run_all"), "all")
+    return make_face_clips.save_tiny_run(tmp_path_factory.mktemp("run_all"), "all")
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +185,7 @@ def test_csv_output_and_sampling(run_dir, inputs, tmp_path):
 
 
 def test_expression_only_model_has_null_valence(tmp_path, inputs):
-    run = _save_run(tmp_path / "run_exp", "exp")
+    run = make_face_clips.save_tiny_run(tmp_path / "run_exp", "exp")
     predictor = predict.Predictor(predict.load_run_model(run))
     records = []
     predict.predict_inputs(
@@ -206,7 +194,7 @@ def test_expression_only_model_has_null_valence(tmp_path, inputs):
     (record,) = records
     assert record["expression"] is not None
     assert record["valence"] is None and record["arousal"] is None
-    run = _save_run(tmp_path / "run_va", "va")
+    run = make_face_clips.save_tiny_run(tmp_path / "run_va", "va")
     predictor = predict.Predictor(predict.load_run_model(run))
     records = []
     predict.predict_inputs(

@@ -16,16 +16,9 @@ from tfds_affectnet import AfewConfig, VgafConfig
 pytest.importorskip("skimage", reason="scikit-image ships the astronaut test image")
 
 
-def _save_run(folder, task):
-    built = affectnet_tf.build_model("compact_cnn", weights=None, task=task, image_size=32)
-    os.makedirs(folder, exist_ok=True)
-    built.prediction_model.save(os.path.join(folder, "model.keras"))
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return _save_run(tmp_path_factory.mktemp("run"), "all")
+    return make_face_clips.save_tiny_run(tmp_path_factory.mktemp("run"), "all")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +42,9 @@ def test_pool_features_by_hand():
 @pytest.mark.parametrize("task", ["exp", "va", "all"])
 def test_embedding_is_the_input_of_the_heads(tmp_path, task):
     """The head applied to the embedding gives the model's output: it is the layer before it."""
-    model = affectnet_tf.load_model(os.path.join(_save_run(tmp_path, task), "model.keras"))
+    model = affectnet_tf.load_model(
+        os.path.join(make_face_clips.save_tiny_run(tmp_path, task), "model.keras")
+    )
     embedder = video_train.embedding_model(model)
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     features = np.asarray(embedder(images, training=False))
