@@ -9,7 +9,7 @@ Example::
 
     from affectnet_tf.faces import FaceCropper
 
-    cropper = FaceCropper(working_size=320, mode="all", crop_size=224)
+    cropper = FaceCropper(working_size=480, mode="all", crop_size=224)
     faces = cropper.process([rgb_frame])[0]  # boxes, scores, landmarks, crops
 """
 

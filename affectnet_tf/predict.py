@@ -528,8 +528,9 @@ def build_parser():
     group.add_argument(
         "--working-size",
         type=int,
-        default=320,
-        help="longer side frames are downscaled to before detection; 0: full size (default: 320)",
+        default=480,
+        help="MTCNN runs as on frames downscaled to this longer side (its pyramid starts there); "
+        "0: full size, plain MTCNN (default: 480)",
     )
     group.add_argument(
         "--min-face-size",

@@ -8,15 +8,20 @@ first, or passed with ``channel_order="bgr"``: MTCNN on BGR input loses much of 
 
 Detection runs mtcnn 1.0's three stages itself (``MTCNN().stages``, weights from the wheel):
 
-* each frame is downscaled (``cv2.INTER_AREA``) to about ``working_size`` on its longer side,
-  by a power of MTCNN's pyramid factor (0.709), so that the pyramid levels of the working frame
-  are levels of the full frame's pyramid;
-* PNet, the image pyramid and nearly all of MTCNN's time, runs on the working frames, up to
-  ``batch_size`` frames of one shape stacked into one batch;
-* its proposals are scaled back to the full frames, where RNet and ONet (24x24 and 48x48
-  patches, cheap) refine them: the final boxes and the five landmarks come from full-resolution
-  patches, and agree with plain full-size ``MTCNN().detect_faces`` (mean IoU about 0.95, see
-  ``benchmarks/bench_faces.py``).
+* the working size: plain MTCNN resizes each frame to a pyramid of scales (factor 0.709),
+  starting from the largest (the frame times ``12 / min_face_size``), and the finest levels,
+  the largest images, take most of its time. A frame downscaled to ``working_size`` by a power
+  of 0.709 would have exactly the levels from that power down; PNet runs on those levels only,
+  each resized straight from the full frame (one resize, not two), so what it sees there is
+  exactly what plain MTCNN sees at the same level;
+* PNet runs on up to ``batch_size`` frames of one shape stacked into one batch;
+* RNet and ONet (24x24 and 48x48 patches, cheap) refine the proposals on the full frames.
+
+Boxes are in full-frame pixels throughout. With ``working_size=None`` this is plain
+``MTCNN().detect_faces``, box for box; with a working size the only difference is the skipped
+levels: faces smaller than ``min_face_size / working_scale`` full-frame pixels are not looked
+for, and a face near that size can end up with a slightly different box (see
+``benchmarks/bench_faces.py``).
 
 Crops are cut from the original frame: a square around the box with a margin
 (``tfds_affectnet._images.crop_face``, the path the AffectNet builders crop with), or, with
@@ -55,9 +60,9 @@ __all__ = [
 LARGEST = "largest"
 ALL = "all"
 MODES = (LARGEST, ALL)
-# RNet / ONet run on full-size frames stacked as float32: at most this many values at once
-# (16 frames of 640x480, 5 of 1920x1080).
-_REFINE_VALUES = 16 * 640 * 480 * 3
+# Frames are stacked as float32 for MTCNN: at most this many values at once (16 frames of
+# 640x480, 5 of 1920x1080).
+_BATCH_VALUES = 16 * 640 * 480 * 3
 # Order of the five points of mtcnn 1.0 (columns 6-10 hold x, 11-15 y). "left" is the left of
 # the image, i.e. the person's right eye.
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -169,13 +174,14 @@ def _check_frame(frame, name="frame"):
 
 @dataclasses.dataclass
 class FaceCropper:
-    """MTCNN face detection and cropping, batched and on downscaled frames.
+    """MTCNN face detection and cropping, batched and at a working size.
 
     Attributes:
-        working_size: frames are downscaled (``cv2.INTER_AREA``) so that their longer side is
-            about this before detection (see `working_scale`); boxes are scaled back. ``None``
-            or 0: full size.
-        min_face_size: smallest face side MTCNN looks for, in pixels of the working frame.
+        working_size: detection runs as on the frame downscaled so that its longer side is
+            about this (MTCNN's image pyramid starts there: see `pyramid_scales`); boxes are in
+            the original frame's pixels. ``None`` or 0: full size (plain MTCNN).
+        min_face_size: smallest face side MTCNN looks for, in pixels of the working frame
+            (``min_face_size / working_scale`` pixels of the original frame).
         thresholds: MTCNN's PNet, RNet and ONet confidence thresholds (the last one is the
             minimum final score).
         scale_factor: MTCNN's image pyramid factor.
@@ -189,7 +195,7 @@ class FaceCropper:
         device: TensorFlow device MTCNN runs on (``"CPU:0"``, ``"GPU:0"``).
     """
 
-    working_size: int | None = 320
+    working_size: int | None = 480
     min_face_size: int = 20
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)
     scale_factor: float = 0.709
@@ -242,6 +248,9 @@ class FaceCropper:
             "min_face_size": int(self.min_face_size),
             "thresholds": list(self.thresholds),
             "scale_factor": float(self.scale_factor),
+            # How the working size is applied (the boxes of version 1, PNet on frames resized
+            # with cv2 first, differ slightly): a cache of other boxes is not reused.
+            "pyramid": 2,
         }
 
     @property
@@ -260,13 +269,12 @@ class FaceCropper:
     # -- detection ---------------------------------------------------------------------------
 
     def working_scale(self, height, width):
-        """Factor (<= 1) from the original frame to the working frame.
+        """Factor (<= 1) from the original frame to the working frame (the pyramid's first level
+        relative to plain MTCNN's).
 
-        The power of `scale_factor` nearest to ``working_size / max(height, width)``: then the
-        levels of MTCNN's image pyramid on the working frame are levels of the pyramid on the
-        full frame, and the boxes agree with full-size detection (IoU about 0.95; off the
-        pyramid's grid they drift further, as much as MTCNN's own jitter under a shift of a
-        few pixels).
+        The power of `scale_factor` nearest to ``working_size / max(height, width)``, so that the
+        levels MTCNN would build on a frame downscaled by it are exactly levels of the pyramid on
+        the full frame (see `pyramid_scales`).
         """
         if not self.working_size:
             return 1.0
@@ -276,96 +284,102 @@ class FaceCropper:
         power = round(np.log(target) / np.log(self.scale_factor))
         return min(1.0, float(self.scale_factor) ** power)
 
-    def _to_working(self, frame):
-        """``(working frame, sx, sy, frame)``: ``sx``, ``sy`` map working pixels back."""
-        height, width = frame.shape[:2]
-        scale = self.working_scale(height, width)
-        if scale >= 1.0:
-            return frame, 1.0, 1.0, frame
-        new_w, new_h = max(1, int(round(width * scale))), max(1, int(round(height * scale)))
-        small = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_AREA)
-        return small, width / new_w, height / new_h, frame
+    def pyramid_scales(self, height, width):
+        """The scales (of the full frame) PNet runs at: MTCNN's pyramid from the working size down.
+
+        Plain MTCNN resizes the frame to ``12 / min_face_size * scale_factor ** k`` for
+        ``k = 0, 1, ...``; downscaling the frame by ``working_scale = scale_factor ** s`` first
+        would give the levels ``k >= s`` of that pyramid. They are made here by resizing the
+        full frame straight to those scales (one resize instead of two): what PNet sees at a
+        level is then exactly what it sees in plain full-size MTCNN, and the finer levels (the
+        largest images, most of MTCNN's time) are skipped. In full-frame pixels the smallest
+        face looked for is ``min_face_size / working_scale``.
+        """
+        from mtcnn.utils.images import build_scale_pyramid
+
+        scales = build_scale_pyramid(
+            int(width), int(height), min_face_size=int(self.min_face_size), scale_factor=float(self.scale_factor)
+        )
+        skip = int(round(np.log(self.working_scale(height, width)) / np.log(self.scale_factor)))
+        scales = np.asarray(scales, np.float64)[skip:]
+        # A level must leave PNet at least its 12x12 window.
+        return scales[np.minimum(height, width) * scales >= 12]
 
     def _normalized(self, frames):
         """MTCNN's input scaling, ``(x - 127.5) / 128``, as float32 (mtcnn's own is float64)."""
         stacked = np.stack(frames).astype(np.float32)
         return (stacked - 127.5) / 128.0
 
-    def _run_mtcnn(self, prepared):
-        """MTCNN on frames whose working frames share one shape: one (m, 16) array per frame.
+    def _pnet(self, pnet, normalized, scales, threshold):
+        """PNet proposals of frames of one shape: (m, 6) rows [image, x1, y1, x2, y2, score].
 
-        PNet (the image pyramid, nearly all of MTCNN's time) runs on the working frames of the
-        whole batch; its proposals are scaled back and RNet and ONet (fixed 24x24 and 48x48
-        patches) refine them on each full-size frame, so the final boxes and landmarks are
-        those of full-resolution patches.
+        mtcnn 1.0's `StagePNet` with the pyramid given (`pyramid_scales`) instead of built from
+        the frame: per level PNet, proposals, NMS 0.5 per level, NMS 0.7 across levels, squares.
         """
-        import tensorflow as tf
+        from mtcnn.utils.bboxes import (
+            generate_bounding_box,
+            resize_to_square,
+            smart_nms_from_bboxes,
+            upscale_bboxes,
+        )
+        from mtcnn.utils.images import scale_images
 
-        pnet, rnet, onet = self.detector.stages
-        first, second, third = self.thresholds
-        small = [item[0] for item in prepared]
-        with tf.device(self.device):
-            try:
-                proposals = pnet(
-                    images_normalized=self._normalized(small),
-                    images_oshapes=np.asarray([frame.shape for frame in small]),
-                    min_face_size=int(self.min_face_size),
-                    scale_factor=float(self.scale_factor),
-                    threshold_pnet=first,
-                )
-            except tf.errors.InvalidArgumentError:  # mtcnn's way of saying "no proposal"
-                proposals = np.zeros((0, 6))
-            proposals = np.asarray(proposals, np.float64).reshape(-1, 6)
-            for index, (_, sx, sy, _) in enumerate(prepared):
-                rows = proposals[:, 0] == index
-                proposals[np.ix_(rows, [1, 3])] *= sx
-                proposals[np.ix_(rows, [2, 4])] *= sy
-            results = [np.zeros((0, 16))] * len(prepared)
-            for chunk in self._refine_chunks(prepared):
-                frames = [prepared[i][3] for i in chunk]
-                ids = np.full(len(prepared), -1)
-                ids[chunk] = np.arange(len(chunk))
-                rows = proposals[np.isin(proposals[:, 0], chunk)].copy()
-                if not len(rows):
-                    continue
-                rows[:, 0] = ids[rows[:, 0].astype(np.int64)]
-                rows = self._refine(rnet, onet, frames, rows, second, third)
-                for local, index in enumerate(chunk):
-                    results[index] = rows[rows[:, 0] == local]
-        return results
+        count = normalized.shape[0]
+        per_level = []
+        for scale in scales:
+            scores = pnet.model(scale_images(normalized, float(scale)))
+            proposals = generate_bounding_box(scores[0], scores[1], threshold)
+            proposals = upscale_bboxes(proposals, np.asarray([scale] * count))
+            per_level.append(
+                smart_nms_from_bboxes(proposals, threshold=0.5, method="union", initial_sort=False)
+            )
+        if not per_level:
+            return np.zeros((0, 6))
+        proposals = np.concatenate(per_level, axis=0)
+        proposals = smart_nms_from_bboxes(proposals, threshold=0.7, method="union", initial_sort=True)
+        return np.asarray(resize_to_square(proposals), np.float64).reshape(-1, 6)
 
-    @staticmethod
-    def _refine_chunks(prepared):
-        """Frames of one full-size shape, at most `_REFINE_VALUES` float32 values per chunk."""
-        groups = {}
-        for index, item in enumerate(prepared):
-            groups.setdefault(item[3].shape, []).append(index)
-        for shape, indices in groups.items():
-            step = max(1, _REFINE_VALUES // int(np.prod(shape)))
-            for start in range(0, len(indices), step):
-                yield indices[start : start + step]
+    def _run_mtcnn(self, frames):
+        """MTCNN on frames of one shape: one (m, 16) array per frame.
 
-    def _refine(self, rnet, onet, frames, rows, threshold_rnet, threshold_onet):
-        """RNet and ONet on full-size frames of one shape; (m, 16) rows, image ids as given."""
+        PNet runs on `pyramid_scales` of the whole batch (the levels from the working size
+        down), then RNet and ONet (24x24 and 48x48 patches of the full frames) refine its
+        proposals as in plain MTCNN.
+        """
         import tensorflow as tf
         from mtcnn.utils.bboxes import limit_bboxes
 
-        normalized = self._normalized(frames)
-        try:
-            rows = rnet(
-                images_normalized=normalized, bboxes_batch=rows, threshold_rnet=threshold_rnet
-            )
-            if len(rows):
-                rows = onet(
-                    images_normalized=normalized, bboxes_batch=rows, threshold_onet=threshold_onet
-                )
-        except tf.errors.InvalidArgumentError:  # no patch left
-            rows = np.zeros((0, 16))
-        rows = np.asarray(rows, np.float64).reshape(-1, 16)
+        pnet, rnet, onet = self.detector.stages
+        first, second, third = self.thresholds
+        height, width = frames[0].shape[:2]
+        scales = self.pyramid_scales(height, width)
+        results = [np.zeros((0, 16))] * len(frames)
+        with tf.device(self.device):
+            normalized = self._normalized(frames)
+            try:  # mtcnn raises InvalidArgumentError when a stage has no proposal left
+                rows = self._pnet(pnet, normalized, scales, first)
+                if len(rows):
+                    rows = rnet(images_normalized=normalized, bboxes_batch=rows, threshold_rnet=second)
+                if len(rows):
+                    rows = onet(images_normalized=normalized, bboxes_batch=rows, threshold_onet=third)
+            except tf.errors.InvalidArgumentError:
+                rows = np.zeros((0, 16))
+        rows = np.asarray(rows, np.float64).reshape(-1, 16) if len(rows) else np.zeros((0, 16))
         if not len(rows):
-            return rows
+            return results
         shapes = np.asarray([frame.shape for frame in frames])
-        return limit_bboxes(rows, images_shapes=shapes, limit_landmarks=False)
+        rows = limit_bboxes(rows, images_shapes=shapes, limit_landmarks=False)
+        return [rows[rows[:, 0] == index] for index in range(len(frames))]
+
+    def _chunks(self, frames):
+        """Indices of frames of one shape, at most `batch_size` and `_BATCH_VALUES` per chunk."""
+        groups = {}
+        for index, frame in enumerate(frames):
+            groups.setdefault(frame.shape, []).append(index)
+        for shape, indices in groups.items():
+            step = max(1, min(int(self.batch_size), _BATCH_VALUES // int(np.prod(shape))))
+            for start in range(0, len(indices), step):
+                yield indices[start : start + step]
 
     def detect(self, frames, channel_order="rgb", apply_mode=True):
         """Detects the faces of a list of frames.
@@ -384,22 +398,17 @@ class FaceCropper:
             raise ValueError(
                 f"`channel_order` must be 'rgb' or 'bgr'. Received: channel_order={channel_order!r}"
             )
-        prepared = []
+        checked = []
         for frame in frames:
             frame = _check_frame(frame)
             if channel_order == "bgr":
                 frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            prepared.append(self._to_working(frame))
-        results = [None] * len(prepared)
-        groups = {}
-        for index, item in enumerate(prepared):
-            groups.setdefault(item[0].shape, []).append(index)
-        for indices in groups.values():
-            for start in range(0, len(indices), int(self.batch_size)):
-                chunk = indices[start : start + int(self.batch_size)]
-                rows = self._run_mtcnn([prepared[i] for i in chunk])
-                for i, frame_rows in zip(chunk, rows):
-                    results[i] = self._to_detections(frame_rows)
+            checked.append(frame)
+        results = [None] * len(checked)
+        for chunk in self._chunks(checked):
+            rows = self._run_mtcnn([checked[i] for i in chunk])
+            for i, frame_rows in zip(chunk, rows):
+                results[i] = self._to_detections(frame_rows)
         return [self.select(found) for found in results] if apply_mode else results
 
     def select(self, detections):

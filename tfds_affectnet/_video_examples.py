@@ -47,7 +47,8 @@ class VideoFacesConfig(tfds.core.BuilderConfig):
         crop_size: side of the stored face crops, in pixels.
         every_n: use every n-th frame (exclusive with ``fps``).
         fps: use about this many frames per second (exclusive with ``every_n``).
-        working_size: frames are downscaled to this longer side before MTCNN (0: full size).
+        working_size: MTCNN runs as on frames downscaled to this longer side (its pyramid starts
+            there; boxes in full-frame pixels; 0: full size, plain MTCNN).
         min_face_size: smallest face side MTCNN looks for, in working-frame pixels.
         thresholds: MTCNN's PNet / RNet / ONet thresholds.
         margin: fraction of the box added on every side of the square crop.
@@ -59,7 +60,7 @@ class VideoFacesConfig(tfds.core.BuilderConfig):
     crop_size: int = 112
     every_n: int | None = None
     fps: float | None = None
-    working_size: int = 320
+    working_size: int = 480
     min_face_size: int = 20
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)
     margin: float = 0.1

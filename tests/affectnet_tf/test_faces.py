@@ -56,6 +56,38 @@ def test_working_size_scales_boxes_back(astronaut):
     assert faces.box_iou(found.boxes[0], full.boxes[0]) > 0.85
 
 
+def test_full_size_is_plain_mtcnn_box_for_box(astronaut):
+    """With no working size the stage is mtcnn's own detect_faces, batched: the same numbers."""
+    from mtcnn import MTCNN
+
+    frames = [astronaut, cv2.resize(astronaut, (640, 480), interpolation=cv2.INTER_AREA)]
+    found = faces.FaceCropper(working_size=None, mode="all", batch_size=2).detect(frames)
+    detector = MTCNN()
+    for frame, ours in zip(frames, found):
+        plain = detector.detect_faces(frame, output_type="numpy")  # unrounded xywh rows
+        plain = plain[np.argsort(-(plain[:, 3] * plain[:, 4]), kind="stable")]
+        assert len(ours) == len(plain) >= 1
+        np.testing.assert_allclose(ours.boxes, plain[:, 1:5], atol=1e-2)
+        np.testing.assert_allclose(ours.scores, plain[:, 5], atol=1e-4)
+        np.testing.assert_allclose(ours.landmarks[..., 0], plain[:, 6:11], atol=1e-2)
+        np.testing.assert_allclose(ours.landmarks[..., 1], plain[:, 11:16], atol=1e-2)
+
+
+def test_working_size_skips_the_finest_pyramid_levels():
+    from mtcnn.utils.images import build_scale_pyramid
+
+    full = build_scale_pyramid(640, 480, min_face_size=20, scale_factor=0.709)
+    cropper = faces.FaceCropper(working_size=320)
+    assert cropper.working_scale(480, 640) == pytest.approx(0.709**2)
+    np.testing.assert_allclose(cropper.pyramid_scales(480, 640), full[2:])
+    np.testing.assert_allclose(faces.FaceCropper(working_size=None).pyramid_scales(480, 640), full)
+    # No level below PNet's 12x12 window, and none at all for a frame smaller than it.
+    assert np.all(cropper.pyramid_scales(30, 40) * 30 >= 12)
+    assert len(faces.FaceCropper().pyramid_scales(10, 10)) == 0
+    (found,) = faces.FaceCropper().detect([np.zeros((10, 10, 3), np.uint8)])
+    assert len(found) == 0
+
+
 def test_rgb_and_bgr(cropper, astronaut):
     rgb = cropper.detect([astronaut])[0]
     bgr = cropper.detect([cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR)], channel_order="bgr")[0]

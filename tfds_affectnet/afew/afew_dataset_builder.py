@@ -60,8 +60,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for AFEW face crops."""
 
     name = "afew"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release: train and validation, largest MTCNN face."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: train and validation, largest MTCNN face.",
+        "1.1.0": "Working size 480 (was 320), applied as MTCNN's pyramid on the full frame: "
+        "the boxes of plain MTCNN for faces above the working size's minimum.",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 AFEW is distributed by the EmotiW organisers on request (see
 https://sites.google.com/site/emotiwchallenge/). Extract the training and validation archives

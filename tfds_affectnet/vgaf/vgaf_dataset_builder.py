@@ -98,8 +98,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for VGAF face crops."""
 
     name = "vgaf"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release: train and validation, every MTCNN face."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: train and validation, every MTCNN face.",
+        "1.1.0": "Working size 480 (was 320), applied as MTCNN's pyramid on the full frame: "
+        "the boxes of plain MTCNN for faces above the working size's minimum.",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 VGAF is distributed by the EmotiW 2020 organisers on request (see
 https://sites.google.com/view/emotiw2020). Extract it into the manual folder (by default
