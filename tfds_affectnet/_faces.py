@@ -60,9 +60,9 @@ __all__ = [
 LARGEST = "largest"
 ALL = "all"
 MODES = (LARGEST, ALL)
-# Frames are stacked as float32 for MTCNN: at most this many values at once (16 frames of
-# 640x480, 5 of 1920x1080).
-_BATCH_VALUES = 16 * 640 * 480 * 3
+# Frames are stacked as float32 for MTCNN: at most this many values (177 MB) at once, i.e.
+# `batch_size` frames up to 1280x720 and 7 of 1920x1080.
+_BATCH_VALUES = 16 * 1280 * 720 * 3
 # Order of the five points of mtcnn 1.0 (columns 6-10 hold x, 11-15 y). "left" is the left of
 # the image, i.e. the person's right eye.
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
