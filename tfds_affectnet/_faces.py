@@ -298,7 +298,10 @@ class FaceCropper:
         from mtcnn.utils.images import build_scale_pyramid
 
         scales = build_scale_pyramid(
-            int(width), int(height), min_face_size=int(self.min_face_size), scale_factor=float(self.scale_factor)
+            int(width),
+            int(height),
+            min_face_size=int(self.min_face_size),
+            scale_factor=float(self.scale_factor),
         )
         skip = int(round(np.log(self.working_scale(height, width)) / np.log(self.scale_factor)))
         scales = np.asarray(scales, np.float64)[skip:]
@@ -336,7 +339,9 @@ class FaceCropper:
         if not per_level:
             return np.zeros((0, 6))
         proposals = np.concatenate(per_level, axis=0)
-        proposals = smart_nms_from_bboxes(proposals, threshold=0.7, method="union", initial_sort=True)
+        proposals = smart_nms_from_bboxes(
+            proposals, threshold=0.7, method="union", initial_sort=True
+        )
         return np.asarray(resize_to_square(proposals), np.float64).reshape(-1, 6)
 
     def _run_mtcnn(self, frames):
@@ -359,9 +364,13 @@ class FaceCropper:
             try:  # mtcnn raises InvalidArgumentError when a stage has no proposal left
                 rows = self._pnet(pnet, normalized, scales, first)
                 if len(rows):
-                    rows = rnet(images_normalized=normalized, bboxes_batch=rows, threshold_rnet=second)
+                    rows = rnet(
+                        images_normalized=normalized, bboxes_batch=rows, threshold_rnet=second
+                    )
                 if len(rows):
-                    rows = onet(images_normalized=normalized, bboxes_batch=rows, threshold_onet=third)
+                    rows = onet(
+                        images_normalized=normalized, bboxes_batch=rows, threshold_onet=third
+                    )
             except tf.errors.InvalidArgumentError:
                 rows = np.zeros((0, 16))
         rows = np.asarray(rows, np.float64).reshape(-1, 16) if len(rows) else np.zeros((0, 16))
