@@ -19,7 +19,8 @@ runs once more on the frames shifted right by 2 pixels (boxes shifted back): MTC
 
 Usage::
 
-    python benchmarks/bench_faces.py [--frames 120] [--working-size 480] [--batch-size 16]
+    python benchmarks/bench_faces.py [--frames 120] [--frame-size 640x480] [--working-size 480]
+        [--batch-size 16]
         [--quick] [--output FILE.json]
 """
 
@@ -46,23 +47,24 @@ def astronaut():
     return data.astronaut()
 
 
-def write_clip(path, frames, seed=0):
+def write_clip(path, frames, seed=0, size=(WIDTH, HEIGHT)):
     """The benchmark clip; returns the number of frames with a pasted face."""
     rng = np.random.default_rng(seed)
     image = astronaut()
     head = image[0:256, 96:352]
-    background = cv2.resize(image[256:512], (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)
+    width, height = size
+    background = cv2.resize(image[256:512], (width, height), interpolation=cv2.INTER_LINEAR)
     background = cv2.addWeighted(background, 0.5, np.full_like(background, 60), 0.5, 0)
     noise = rng.integers(0, 20, background.shape, dtype=np.uint8)
     background = cv2.add(background, noise)
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25, (WIDTH, HEIGHT))
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25, (width, height))
     with_face = 0
     for step in range(frames):
         frame = background.copy()
         if step % 10 != 9:
             side = int(180 + 50 * np.sin(step / 7.0))
-            x = int((WIDTH - side) * (0.5 + 0.45 * np.sin(step / 11.0)))
-            y = int((HEIGHT - side) * (0.5 + 0.4 * np.cos(step / 13.0)))
+            x = int((width - side) * (0.5 + 0.45 * np.sin(step / 11.0)))
+            y = int((height - side) * (0.5 + 0.4 * np.cos(step / 13.0)))
             frame[y : y + side, x : x + side] = cv2.resize(
                 head, (side, side), interpolation=cv2.INTER_AREA
             )
@@ -88,7 +90,9 @@ def plain_loop(path, detector, limit=None, shift=0):
             break
         frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         if shift:
-            frame = cv2.copyMakeBorder(frame, 0, 0, shift, 0, cv2.BORDER_REPLICATE)[:, :WIDTH]
+            frame = cv2.copyMakeBorder(frame, 0, 0, shift, 0, cv2.BORDER_REPLICATE)[
+                :, : frame.shape[1]
+            ]
         # output_type="numpy": the unrounded boxes (the default JSON rounds them to whole
         # pixels, which alone moves the IoU of a 50-pixel face by up to 0.04).
         found = detector.detect_faces(frame, output_type="numpy")
@@ -136,6 +140,11 @@ def compare(plain, stage, same_face=0.3):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=120, help="clip length (default: 120)")
+    parser.add_argument(
+        "--frame-size",
+        default=f"{WIDTH}x{HEIGHT}",
+        help=f"clip frame size WIDTHxHEIGHT (default: {WIDTH}x{HEIGHT}; the face keeps its size)",
+    )
     parser.add_argument("--working-size", type=int, default=480, help="(default: 480)")
     parser.add_argument("--batch-size", type=int, default=16, help="(default: 16)")
     parser.add_argument("--quick", action="store_true", help="24 frames (a smoke run)")
@@ -147,13 +156,21 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="write the figures as JSON")
     args = parser.parse_args(argv)
     frames = 24 if args.quick else args.frames
+    try:
+        size = tuple(int(v) for v in args.frame_size.lower().split("x"))
+        if len(size) != 2 or min(size) < 300:
+            raise ValueError
+    except ValueError:
+        parser.error(
+            f"--frame-size must be WIDTHxHEIGHT, both >= 300. Received: {args.frame_size!r}"
+        )
 
     from mtcnn import MTCNN
 
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "bench.avi")
-        with_face = write_clip(path, frames)
-        print(f"clip: {frames} frames of {WIDTH}x{HEIGHT}, {with_face} with a face")
+        with_face = write_clip(path, frames, size=size)
+        print(f"clip: {frames} frames of {size[0]}x{size[1]}, {with_face} with a face")
         detector = MTCNN()
         cropper = FaceCropper(
             working_size=args.working_size, batch_size=args.batch_size, mode="all", crop_size=224
@@ -196,6 +213,7 @@ def main(argv=None):
         )
     result = {
         "frames": frames,
+        "frame_size": list(size),
         "plain_fps": plain_fps,
         "stage_fps": stage_fps,
         "speed_up": ratio,
