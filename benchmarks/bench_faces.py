@@ -20,8 +20,7 @@ runs once more on the frames shifted right by 2 pixels (boxes shifted back): MTC
 Usage::
 
     python benchmarks/bench_faces.py [--frames 120] [--frame-size 640x480] [--working-size 480]
-        [--batch-size 16]
-        [--quick] [--output FILE.json]
+        [--batch-size 16] [--no-reference] [--quick] [--output FILE.json]
 """
 
 import argparse
