@@ -525,28 +525,34 @@ def build_parser():
         "--cache-dir", default=None, help="per-video box cache folder (default: none)"
     )
     group = parser.add_argument_group("Faces")
+    cropper = faces_module.FaceCropper  # its defaults
     group.add_argument(
         "--working-size",
         type=int,
-        default=480,
+        default=cropper.working_size,
         help="MTCNN runs as on frames downscaled to this longer side (its pyramid starts there); "
-        "0: full size, plain MTCNN (default: 480)",
+        f"0: full size, plain MTCNN (default: {cropper.working_size})",
     )
     group.add_argument(
         "--min-face-size",
         type=int,
-        default=20,
-        help="smallest face side, in working-frame pixels (default: 20)",
+        default=cropper.min_face_size,
+        help=f"smallest face side, in working-frame pixels (default: {cropper.min_face_size})",
     )
     group.add_argument(
         "--thresholds",
         type=float,
         nargs=3,
-        default=(0.6, 0.7, 0.8),
-        help="MTCNN PNet RNet ONet thresholds (default: 0.6 0.7 0.8)",
+        default=cropper.thresholds,
+        help="MTCNN PNet RNet ONet thresholds (default: "
+        + " ".join(f"{t:g}" for t in cropper.thresholds)
+        + ")",
     )
     group.add_argument(
-        "--margin", type=float, default=0.1, help="crop margin on every side (default: 0.1)"
+        "--margin",
+        type=float,
+        default=cropper.margin,
+        help=f"crop margin on every side (default: {cropper.margin:g})",
     )
     group.add_argument(
         "--crop-size", type=int, default=224, help="side of the face crops (default: 224)"

@@ -268,21 +268,23 @@ class FaceCropper:
 
     # -- detection ---------------------------------------------------------------------------
 
-    def working_scale(self, height, width):
-        """Factor (<= 1) from the original frame to the working frame (the pyramid's first level
-        relative to plain MTCNN's).
-
-        The power of `scale_factor` nearest to ``working_size / max(height, width)``, so that the
-        levels MTCNN would build on a frame downscaled by it are exactly levels of the pyramid on
-        the full frame (see `pyramid_scales`).
-        """
+    def skipped_levels(self, height, width):
+        """How many of plain MTCNN's pyramid levels the working size skips: the power of
+        `scale_factor` nearest to ``working_size / max(height, width)`` (0 at full size)."""
         if not self.working_size:
-            return 1.0
+            return 0
         target = float(self.working_size) / max(height, width)
         if target >= 1.0:
-            return 1.0
-        power = round(np.log(target) / np.log(self.scale_factor))
-        return min(1.0, float(self.scale_factor) ** power)
+            return 0
+        return max(0, int(round(np.log(target) / np.log(self.scale_factor))))
+
+    def working_scale(self, height, width):
+        """Factor (<= 1) from the original frame to the working frame (the pyramid's first level
+        relative to plain MTCNN's): ``scale_factor ** skipped_levels``, so that the levels MTCNN
+        would build on a frame downscaled by it are exactly levels of the pyramid on the full
+        frame (see `pyramid_scales`).
+        """
+        return float(self.scale_factor) ** self.skipped_levels(height, width)
 
     def pyramid_scales(self, height, width):
         """The scales (of the full frame) PNet runs at: MTCNN's pyramid from the working size down.
@@ -303,8 +305,7 @@ class FaceCropper:
             min_face_size=int(self.min_face_size),
             scale_factor=float(self.scale_factor),
         )
-        skip = int(round(np.log(self.working_scale(height, width)) / np.log(self.scale_factor)))
-        scales = np.asarray(scales, np.float64)[skip:]
+        scales = np.asarray(scales, np.float64)[self.skipped_levels(height, width) :]
         # A level must leave PNet at least its 12x12 window.
         return scales[np.minimum(height, width) * scales >= 12]
 

@@ -60,10 +60,11 @@ class VideoFacesConfig(tfds.core.BuilderConfig):
     crop_size: int = 112
     every_n: int | None = None
     fps: float | None = None
-    working_size: int = 480
-    min_face_size: int = 20
-    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)
-    margin: float = 0.1
+    # The detector's defaults are FaceCropper's.
+    working_size: int = _faces.FaceCropper.working_size
+    min_face_size: int = _faces.FaceCropper.min_face_size
+    thresholds: tuple[float, float, float] = _faces.FaceCropper.thresholds
+    margin: float = _faces.FaceCropper.margin
     align: bool = False
     box_cache_dir: str = ""
 
