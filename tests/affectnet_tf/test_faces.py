@@ -1,6 +1,5 @@
 """The face-crop stage and the video reader on a real face (scikit-image's astronaut)."""
 
-import json
 import os
 
 import cv2
@@ -299,32 +298,3 @@ def test_face_report_counts_with_names():
     assert summary["unreadable"] == [{"name": "d", "reason": "cannot open"}]
     text = report.summary()
     assert "unreadable videos: 1: d" in text and "videos without any face: 1: b" in text
-
-
-@pytest.mark.slow
-def test_benchmark_quick_runs(tmp_path):
-    """benchmarks/bench_faces.py runs end to end (its figures are not checked: no timed tests)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[2]
-    output = tmp_path / "faces.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(repo / "benchmarks" / "bench_faces.py"),
-            "--quick",
-            "--output",
-            output,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=repo,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "speed-up:" in result.stdout and "IoU on the" in result.stdout
-    figures = json.loads(output.read_text())
-    assert figures["plain_fps"] > 0 and figures["stage_fps"] > 0
-    assert figures["plain_faces"] > 0 and figures["iou_mean"] is not None
