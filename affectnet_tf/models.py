@@ -32,6 +32,7 @@ from tfds_affectnet import labels
 
 __all__ = [
     "CROWD_LAYERS",
+    "CONFUSION_CROWD_LAYERS",
     "VA_CROWD_LAYERS",
     "TASK_HEADS",
     "BuiltModel",
@@ -39,10 +40,21 @@ __all__ = [
     "model_metadata",
     "load_model",
     "crowd_layer_weights",
+    "crowd_losses",
 ]
 
-CROWD_LAYERS = ("MW", "VW", "VB", "VW+B", "SW", "confusion")
-VA_CROWD_LAYERS = ("S", "B", "S+B", "B+S")
+#: Expression crowd layers: ``pooled`` (the default: :class:`crowd_layers.CrowdsPooled`, the
+#: item's answers pooled in Dawid-Skene's likelihood), ``confusion`` (per-answer,
+#: :class:`crowd_layers.CrowdsConfusion` with the trace regulariser), ``geocrowdnet``
+#: (per-answer, the same layer with GeoCrowdNet's volume regulariser) and the reference layers.
+CROWD_LAYERS = ("pooled", "confusion", "geocrowdnet", "MW", "VW", "VB", "VW+B", "SW")
+#: Layers that hold confusion matrices and so accept ``init_confusions``.
+CONFUSION_CROWD_LAYERS = ("pooled", "confusion", "geocrowdnet")
+#: Valence/arousal crowd layers: ``gaussian`` (the default: :class:`crowd_layers.CrowdsGaussian`,
+#: scale, bias and noise per annotator) or a :class:`crowd_layers.CrowdsRegression` connection.
+VA_CROWD_LAYERS = ("gaussian", "S", "B", "S+B", "B+S")
+#: GeoCrowdNet's regulariser weight (Ibrahim et al.'s code and the ECAI 2024 benchmark: 0.01).
+GEOCROWDNET_WEIGHT = 0.01
 TASK_HEADS = {
     "exp": ("expression",),
     "aro": ("arousal",),
@@ -68,8 +80,8 @@ def build_model(
     num_classes=8,
     target="mv",
     num_annotators=None,
-    crowd_layer="confusion",
-    va_crowd_layer="S+B",
+    crowd_layer=crowd_layers.DEFAULT_CROWD_METHOD,
+    va_crowd_layer="gaussian",
     weights="imagenet",
     image_size=None,
     dropout=0.2,
@@ -84,12 +96,17 @@ def build_model(
         num_classes: 8, or 7 (without contempt).
         target: the training target; ``"cv"`` adds the crowd layers.
         num_annotators: number of annotators (needed for ``target="cv"``).
-        crowd_layer: expression crowd layer, ``MW``, ``VW``, ``VB``, ``VW+B``, ``SW``
-            (:class:`crowd_layers.CrowdsClassification`) or ``confusion``
-            (:class:`crowd_layers.CrowdsConfusion`).
-        va_crowd_layer: valence/arousal crowd layer connection, ``S``, ``B``, ``S+B``, ``B+S``.
-        init_confusions: optional ``(num_annotators, K, K)`` row-stochastic matrices that the
-            ``confusion`` crowd layer starts from (e.g. Dawid-Skene's ``confusions_``).
+        crowd_layer: expression crowd layer (:data:`CROWD_LAYERS`): ``pooled`` (default,
+            :class:`crowd_layers.CrowdsPooled` with :class:`crowd_layers.PooledCrowdLikelihood`),
+            ``confusion`` (:class:`crowd_layers.CrowdsConfusion`), ``geocrowdnet`` (the same
+            layer with GeoCrowdNet's volume regulariser), or ``MW``, ``VW``, ``VB``, ``VW+B``,
+            ``SW`` (:class:`crowd_layers.CrowdsClassification`).
+        va_crowd_layer: valence/arousal crowd layer: ``gaussian`` (default,
+            :class:`crowd_layers.CrowdsGaussian`) or a :class:`crowd_layers.CrowdsRegression`
+            connection ``S``, ``B``, ``S+B``, ``B+S``.
+        init_confusions: optional ``(num_annotators, K, K)`` row-stochastic matrices that a
+            confusion crowd layer (:data:`CONFUSION_CROWD_LAYERS`) starts from (e.g.
+            Dawid-Skene's ``confusions_``).
         weights: ``"imagenet"``, ``None`` or a weights file of the backbone.
         image_size: model input side (default: the backbone's default size).
         dropout: dropout rate before the heads.
@@ -110,10 +127,10 @@ def build_model(
                 "`target='cv'` needs the number of annotators of the dataset (a dataset with "
                 f"crowd answers, such as affectnet_c25). Received: num_annotators={num_annotators!r}"
             )
-        if init_confusions is not None and crowd_layer != "confusion":
+        if init_confusions is not None and crowd_layer not in CONFUSION_CROWD_LAYERS:
             raise ValueError(
-                "`init_confusions` initialises the `confusion` crowd layer only. Received: "
-                f"crowd_layer={crowd_layer!r}"
+                "`init_confusions` initialises a confusion crowd layer "
+                f"({', '.join(CONFUSION_CROWD_LAYERS)}) only. Received: crowd_layer={crowd_layer!r}"
             )
     backbone, spec = build_backbone(model, weights=weights, image_size=image_size)
     size = int(backbone.input_shape[1])
@@ -162,26 +179,16 @@ def build_model(
         predicted = {heads[0]: predicted}
     crowd_outputs = {}
     for head in heads:
+        options = {"dtype": "float32", "name": f"crowd_{head}"}
         if head == "expression":
-            if crowd_layer == "confusion":
-                layer = crowd_layers.CrowdsConfusion(
-                    num_classes,
-                    num_annotators,
-                    init_confusions=init_confusions,
-                    dtype="float32",
-                    name=f"crowd_{head}",
-                )
-            else:
-                layer = crowd_layers.CrowdsClassification(
-                    num_classes,
-                    num_annotators,
-                    conn_type=crowd_layer,
-                    dtype="float32",
-                    name=f"crowd_{head}",
-                )
+            layer = _expression_crowd_layer(
+                crowd_layer, num_classes, num_annotators, init_confusions, options
+            )
+        elif va_crowd_layer == "gaussian":
+            layer = crowd_layers.CrowdsGaussian(num_annotators, **options)
         else:
             layer = crowd_layers.CrowdsRegression(
-                num_annotators, conn_type=va_crowd_layer, dtype="float32", name=f"crowd_{head}"
+                num_annotators, conn_type=va_crowd_layer, **options
             )
         crowd_outputs[head] = layer(predicted[head])
     training = keras.Model(
@@ -190,6 +197,44 @@ def build_model(
         name=f"{model}_{task}_crowd",
     )
     return BuiltModel(training, prediction, backbone)
+
+
+def _expression_crowd_layer(crowd_layer, num_classes, num_annotators, init_confusions, options):
+    if crowd_layer == "pooled":
+        return crowd_layers.CrowdsPooled(
+            num_classes, num_annotators, init_confusions=init_confusions, **options
+        )
+    if crowd_layer == "confusion":
+        return crowd_layers.CrowdsConfusion(
+            num_classes, num_annotators, init_confusions=init_confusions, **options
+        )
+    if crowd_layer == "geocrowdnet":
+        return crowd_layers.CrowdsConfusion(
+            num_classes,
+            num_annotators,
+            init_confusions=init_confusions,
+            trace_weight=0.0,
+            volume_weight=GEOCROWDNET_WEIGHT,
+            **options,
+        )
+    return crowd_layers.CrowdsClassification(
+        num_classes, num_annotators, conn_type=crowd_layer, **options
+    )
+
+
+def crowd_losses(crowd_layer, va_crowd_layer):
+    """The losses that score a crowd head: ``{"expression": ..., "valence": ..., "arousal": ...}``."""
+    va = (
+        crowd_layers.MaskedGaussianLikelihood
+        if va_crowd_layer == "gaussian"
+        else crowd_layers.MaskedMultiMSE
+    )
+    expression = (
+        crowd_layers.PooledCrowdLikelihood
+        if crowd_layer == "pooled"
+        else crowd_layers.MaskedMultiCrossEntropy
+    )
+    return {"expression": expression(), "valence": va(), "arousal": va()}
 
 
 def _find_metadata_layer(model):
@@ -228,13 +273,25 @@ def crowd_layer_weights(training_model):
     """The learned annotator parameters of a crowd model, as a dict of NumPy arrays.
 
     ``<head>_confusions`` ``(R, K, K)`` for expression (from ``confusion_matrices()``),
-    ``<head>_scale`` / ``<head>_bias`` ``(R,)`` for valence and arousal.
+    ``<head>_scale`` / ``<head>_bias`` ``(R,)`` for valence and arousal, and
+    ``<head>_noise`` ``(R,)`` (each annotator's standard deviation) for the ``gaussian`` layer.
     """
+    confusion_layers = (
+        crowd_layers.CrowdsConfusion,
+        crowd_layers.CrowdsClassification,
+        crowd_layers.CrowdsPooled,
+    )
     result = {}
     for layer in training_model.layers:
         head = layer.name.removeprefix("crowd_")
-        if isinstance(layer, (crowd_layers.CrowdsConfusion, crowd_layers.CrowdsClassification)):
+        if isinstance(layer, confusion_layers):
             result[f"{head}_confusions"] = np.asarray(layer.confusion_matrices())
+        elif isinstance(layer, crowd_layers.CrowdsGaussian):
+            result[f"{head}_noise"] = layer.noise_levels()
+            for name in ("scale", "bias"):
+                weight = getattr(layer, name)
+                if weight is not None:
+                    result[f"{head}_{name}"] = np.asarray(weight.numpy()).reshape(-1)
         elif isinstance(layer, crowd_layers.CrowdsRegression):
             if layer.scale is not None:
                 result[f"{head}_scale"] = np.asarray(layer.scale.numpy()).reshape(-1)

@@ -111,27 +111,30 @@ _FLAGS = [
     (
         "Crowd",
         "crowd-layer",
-        "confusion",
+        crowd_layers.DEFAULT_CROWD_METHOD,
         str,
         models.CROWD_LAYERS,
-        "expression crowd layer for --target cv",
+        "expression crowd layer for --target cv: pooled (Dawid-Skene likelihood of each "
+        "image's answers), confusion, geocrowdnet, or a reference layer",
     ),
     (
         "Crowd",
         "crowd-init",
         "diagonal",
         str,
-        ("diagonal", "ds"),
-        "start of the confusion crowd layer: diagonal (each annotator right 90%% of the time), "
-        "or ds (Dawid-Skene's matrices of the training answers)",
+        ("diagonal", "ds", "mv"),
+        "start of a confusion crowd layer (pooled, confusion, geocrowdnet): diagonal (the "
+        "layer's own start), ds (Dawid-Skene's matrices of the training answers) or mv (the "
+        "annotators' confusions against the vote distribution)",
     ),
     (
         "Crowd",
         "va-crowd-layer",
-        "S+B",
+        "gaussian",
         str,
         models.VA_CROWD_LAYERS,
-        "valence/arousal crowd layer for --target cv",
+        "valence/arousal crowd layer for --target cv: gaussian (scale, bias and noise per "
+        "annotator) or a reference connection",
     ),
     ("Optimization", "epochs", 10, int, None, "training epochs"),
     ("Optimization", "batch-size", 32, int, None, "global batch size (all replicas)"),
@@ -345,6 +348,7 @@ def _is_chief(strategy):
 def _losses(config, heads, info):
     """Per-head Keras losses for the target (masked where a label can be missing)."""
     crowd = config["target"] == "cv"
+    crowd_losses = models.crowd_losses(config["crowd_layer"], config["va_crowd_layer"])
     va_target = info.va_target
     weights = None
     if config["class_weights"]:
@@ -353,7 +357,7 @@ def _losses(config, heads, info):
     for head in heads:
         if head == "expression":
             if crowd:
-                result[head] = crowd_layers.MaskedMultiCrossEntropy()
+                result[head] = crowd_losses[head]
             elif config["target"] in ("soft", "ds"):
                 result[head] = losses_module.MaskedCategoricalCrossentropy(
                     label_smoothing=config["label_smoothing"], class_weights=weights
@@ -365,7 +369,7 @@ def _losses(config, heads, info):
                     class_weights=weights,
                 )
         elif crowd or va_target == "cv":
-            result[head] = crowd_layers.MaskedMultiMSE()
+            result[head] = crowd_losses[head]
         else:
             result[head] = losses_module.MaskedMeanSquaredError()
     return result
@@ -799,15 +803,17 @@ def _initial_confusions(config, heads, name, split, subset, tfds_config):
     """Dawid-Skene's confusion matrices of the training answers, to start the confusion layer.
 
     ``--crowd-init ds``: the crowd layer starts where the classic aggregator ends instead of at a
-    generic diagonal (one pseudo-answer per cell keeps every logit finite).
+    generic diagonal (one pseudo-answer per cell keeps every logit finite); ``--crowd-init mv``:
+    from each annotator's confusions against the vote distribution.
     """
     init = config.get("crowd_init") or "diagonal"
     if config["target"] != "cv" or "expression" not in heads or init == "diagonal":
         return None
-    if config["crowd_layer"] != "confusion":
+    if config["crowd_layer"] not in models.CONFUSION_CROWD_LAYERS:
         raise ValueError(
-            "--crowd-init ds initialises the confusion crowd layer only; use "
-            f"--crowd-layer confusion. Received: crowd_layer={config['crowd_layer']!r}"
+            f"--crowd-init {init} initialises a confusion crowd layer "
+            f"({', '.join(models.CONFUSION_CROWD_LAYERS)}) only. "
+            f"Received: crowd_layer={config['crowd_layer']!r}"
         )
     answers = data.crowd_answers(
         name,
@@ -819,6 +825,10 @@ def _initial_confusions(config, heads, name, split, subset, tfds_config):
         subset=subset,
         validation_fraction=config["validation_fraction"],
     )
+    if init == "mv":
+        return crowd_layers.majority_vote_confusions(
+            answers, num_classes=int(config["num_classes"])
+        )
     aggregator = crowd_layers.DawidSkene(num_classes=int(config["num_classes"]), smoothing=1.0)
     return aggregator.fit(answers).confusions_
 

@@ -1,9 +1,13 @@
 """Crowd layers for Keras 3: learning from the raw answers of many annotators.
 
-A Keras 3 re-implementation of Rodrigues & Pereira, "Deep Learning from Crowds", AAAI 2018
-(reference code: github.com/fmpr/CrowdLayer), with the reference's public names, plus a
-confusion-matrix layer with the trace regulariser of Tanno et al. (CVPR 2019), masked losses,
-and the label aggregators that serve as baselines (majority vote, Dawid-Skene, agreement).
+The recommended method pools each item's answers in Dawid-Skene's likelihood with the network
+as the class prior (:class:`CrowdsPooled`, :class:`PooledCrowdLikelihood`; for valence and
+arousal :class:`CrowdsGaussian`, :class:`MaskedGaussianLikelihood`). Beside it: a Keras 3
+re-implementation of Rodrigues & Pereira, "Deep Learning from Crowds", AAAI 2018 (reference
+code: github.com/fmpr/CrowdLayer), with the reference's public names, a confusion-matrix layer
+with the trace regulariser of Tanno et al. (CVPR 2019) or GeoCrowdNet's volume regulariser
+(Ibrahim et al., ICLR 2023), masked losses, and the label aggregators that serve as baselines
+(majority vote, Dawid-Skene, agreement).
 
 Importing the package registers every layer and loss with Keras, so a saved model reloads with
 ``keras.models.load_model(path)`` and no ``custom_objects``.
@@ -16,16 +20,13 @@ from crowd_layers.aggregation import (
     fleiss_kappa,
     krippendorff_alpha,
     majority_vote,
+    majority_vote_confusions,
     mean_answer,
     median_answer,
     vote_distribution,
 )
-from crowd_layers.layers import (
-    ConfusionTraceRegularizer,
-    CrowdsClassification,
-    CrowdsConfusion,
-    CrowdsRegression,
-)
+from crowd_layers.confusions import ConfusionTraceRegularizer, ConfusionVolumeRegularizer
+from crowd_layers.layers import CrowdsClassification, CrowdsConfusion, CrowdsRegression
 from crowd_layers.losses import (
     MaskedMultiCrossEntropy,
     MaskedMultiMSE,
@@ -34,9 +35,31 @@ from crowd_layers.losses import (
     masked_multi_mse,
 )
 from crowd_layers.models import prediction_model
+from crowd_layers.pooled import (
+    CrowdsGaussian,
+    CrowdsPooled,
+    MaskedGaussianLikelihood,
+    PooledCrowdLikelihood,
+    masked_gaussian_nll,
+    pooled_crowd_nll,
+)
 from crowd_layers.trainers import CrowdsBinaryAggregator, CrowdsCategoricalAggregator
 
+#: The crowd method the package recommends and its training command uses by default: the
+#: pooled Dawid-Skene likelihood (:class:`CrowdsPooled` + :class:`PooledCrowdLikelihood`),
+#: chosen by ``benchmarks/bench_real_crowds.py`` and ``examples/demo.py``.
+DEFAULT_CROWD_METHOD = "pooled"
+
 __all__ = [
+    "DEFAULT_CROWD_METHOD",
+    "CrowdsPooled",
+    "PooledCrowdLikelihood",
+    "pooled_crowd_nll",
+    "CrowdsGaussian",
+    "MaskedGaussianLikelihood",
+    "masked_gaussian_nll",
+    "ConfusionVolumeRegularizer",
+    "majority_vote_confusions",
     "CrowdsClassification",
     "CrowdsConfusion",
     "CrowdsRegression",

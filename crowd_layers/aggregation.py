@@ -26,6 +26,7 @@ __all__ = [
     "DawidSkene",
     "majority_vote",
     "vote_distribution",
+    "majority_vote_confusions",
     "mean_answer",
     "median_answer",
     "fleiss_kappa",
@@ -202,6 +203,44 @@ def vote_distribution(answers, num_classes=None):
         )
     uniform = np.full_like(counts, 1.0 / counts.shape[1])
     return np.where(unanswered[:, None], uniform, counts / np.where(totals == 0, 1.0, totals))
+
+
+def majority_vote_confusions(answers, num_classes=None, smoothing=1.0):
+    """Each annotator's confusion matrix against the (soft) majority vote.
+
+    ``C_r[k, j] ∝ smoothing + sum_{i: y_ir = j} v_ik`` with ``v`` the vote distribution
+    (:func:`vote_distribution`): one M-step of Dawid-Skene from the votes, with no tie to
+    break. A start for the crowd layers' confusion matrices
+    (``CrowdsPooled(init_confusions=...)``) that needs no EM.
+
+    Args:
+        answers: dense ``(n_items, n_annotators)`` int matrix with -1 for no answer, or a
+            tuple ``(items, annotators, labels)``.
+        num_classes: number of classes ``K``; inferred as ``max(label) + 1`` when None.
+        smoothing: pseudo-count ``> 0`` added to every cell (an annotator without answers
+            gets uniform rows).
+
+    Returns:
+        float64 array ``(n_annotators, K, K)``: rows the true class, columns the answer, rows
+        sum to one.
+
+    Example:
+        >>> majority_vote_confusions([[0, 0], [1, 0]], num_classes=2, smoothing=1.0)[1]
+        array([[0.71428571, 0.28571429],
+               [0.6       , 0.4       ]])
+    """
+    if not np.isscalar(smoothing) or not smoothing > 0:
+        raise ValueError(
+            f"`smoothing` must be a positive number. Received: smoothing={smoothing!r}"
+        )
+    items, annotators, labels, n_items, n_annotators, k = _to_long(answers, num_classes)
+    counts = _vote_counts(items, labels, n_items, k).astype(np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    votes = counts / np.where(totals == 0, 1.0, totals)
+    confusions = np.full((n_annotators, k, k), float(smoothing))
+    # confusions[r, :, j] += votes[i] for every answer (i, r, j)
+    np.add.at(confusions, (annotators, slice(None), labels), votes[items])
+    return confusions / confusions.sum(axis=-1, keepdims=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,14 @@ regulariser of Tanno et al. (CVPR 2019).
 """
 
 import numpy as np
-from keras import initializers, layers, ops, regularizers, saving
+from keras import initializers, layers, ops, saving
+
+from crowd_layers.confusions import (
+    ConfusionTraceRegularizer,
+    ConfusionVolumeRegularizer,
+    check_confusions,
+    initial_confusion_logits,
+)
 
 __all__ = [
     "CLASSIFICATION_CONN_TYPES",
@@ -61,34 +68,6 @@ def _annotator_identities(num_classes, num_annotators):
         return ops.tile(ops.expand_dims(eye, -1), (1, 1, num_annotators))
 
     return initializer
-
-
-@saving.register_keras_serializable(package="crowd_layers")
-class ConfusionTraceRegularizer(regularizers.Regularizer):
-    """Mean diagonal of row-stochastic confusion matrices given by their logits.
-
-    ``penalty = trace_weight * mean_r trace(A_r) / K`` with
-    ``A_r = softmax(logit_scale * L_r, axis=-1)`` for stored logits ``L`` of shape
-    ``(num_annotators, K, K)``: the trace regulariser of Tanno et al. (CVPR 2019), divided by
-    ``K`` so that a weight means the same for any number of classes. Used by
-    :class:`CrowdsConfusion`.
-
-    Args:
-        trace_weight: Weight of the mean diagonal entry.
-        logit_scale: Multiplier of the stored logits (as in :class:`CrowdsConfusion`).
-    """
-
-    def __init__(self, trace_weight=0.5, logit_scale=1.0):
-        self.trace_weight = float(trace_weight)
-        self.logit_scale = float(logit_scale)
-
-    def __call__(self, logits):
-        confusions = ops.softmax(logits * self.logit_scale, axis=-1)
-        eye = ops.eye(ops.shape(confusions)[-1], dtype=confusions.dtype)
-        return self.trace_weight * ops.mean(ops.sum(confusions * eye, axis=-1))
-
-    def get_config(self):
-        return {"trace_weight": self.trace_weight, "logit_scale": self.logit_scale}
 
 
 class _CrowdsClassificationBase(layers.Layer):
@@ -299,6 +278,9 @@ class CrowdsConfusion(_CrowdsClassificationBase):
             matrices to start from; the logits become their logarithm.
         logit_scale: Positive multiplier of the stored logits (a learning-rate multiplier
             for Adam-like optimizers).
+        volume_weight: Weight ``>= 0`` of GeoCrowdNet's (W) volume term
+            (:class:`~crowd_layers.pooled.ConfusionVolumeRegularizer`; Ibrahim et al., ICLR
+            2023) instead of the trace term: set ``trace_weight=0`` to use it.
         **kwargs: Base layer arguments (``name``, ``dtype``, ...).
 
     Input shape:
@@ -326,6 +308,7 @@ class CrowdsConfusion(_CrowdsClassificationBase):
         init_diagonal=0.9,
         init_confusions=None,
         logit_scale=1.0,
+        volume_weight=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -347,9 +330,21 @@ class CrowdsConfusion(_CrowdsClassificationBase):
                 f"`logit_scale` must be a positive number. Received: logit_scale={logit_scale!r}"
             )
         self.logit_scale = float(logit_scale)
+        if not np.isfinite(volume_weight) or volume_weight < 0:
+            raise ValueError(
+                f"`volume_weight` must be a finite number >= 0. Received: volume_weight={volume_weight!r}"
+            )
+        self.volume_weight = float(volume_weight)
+        if self.trace_weight and self.volume_weight:
+            raise ValueError(
+                "Use one confusion regulariser: set trace_weight=0 to use `volume_weight`. "
+                f"Received: trace_weight={trace_weight!r}, volume_weight={volume_weight!r}"
+            )
         self.init_confusions = None
         if init_confusions is not None:
-            self.init_confusions = self._check_init_confusions(init_confusions)
+            self.init_confusions = check_confusions(
+                init_confusions, self.num_annotators, self.num_classes
+            )
         self.confusion_logits = None
 
     def build(self, input_shape):
@@ -358,11 +353,7 @@ class CrowdsConfusion(_CrowdsClassificationBase):
             name="confusion_logits",
             shape=(self.num_annotators, self.num_classes, self.num_classes),
             initializer=initializers.Constant(self._initial_logits()),
-            regularizer=(
-                ConfusionTraceRegularizer(self.trace_weight, self.logit_scale)
-                if self.trace_weight
-                else None
-            ),
+            regularizer=self._regularizer(),
         )
 
     def call(self, inputs):
@@ -383,6 +374,7 @@ class CrowdsConfusion(_CrowdsClassificationBase):
                     None if self.init_confusions is None else self.init_confusions.tolist()
                 ),
                 "logit_scale": self.logit_scale,
+                "volume_weight": self.volume_weight,
             }
         )
         return config
@@ -398,36 +390,18 @@ class CrowdsConfusion(_CrowdsClassificationBase):
             self.build((None, self.num_classes))
         return np.asarray(ops.convert_to_numpy(self._confusions()), dtype=np.float64)
 
-    def _check_init_confusions(self, init_confusions):
-        array = np.asarray(init_confusions, dtype=np.float64)
-        expected = (self.num_annotators, self.num_classes, self.num_classes)
-        if array.shape != expected:
-            raise ValueError(
-                f"`init_confusions` must have shape (num_annotators, num_classes, num_classes)"
-                f"={expected}. Received: init_confusions.shape={array.shape}"
-            )
-        if not np.all(np.isfinite(array)) or np.any(array < 0):
-            raise ValueError(
-                "`init_confusions` must hold finite non-negative probabilities. "
-                f"Received: init_confusions with min={np.nanmin(array)!r}"
-            )
-        if not np.allclose(array.sum(axis=-1), 1.0, atol=1e-4):
-            raise ValueError(
-                "`init_confusions` rows must sum to one (row-stochastic). Received: row sums "
-                f"between {array.sum(axis=-1).min():.4g} and {array.sum(axis=-1).max():.4g}"
-            )
-        return array
-
     def _initial_logits(self):
-        k, r = self.num_classes, self.num_annotators
-        if self.init_confusions is not None:
-            logits = np.log(np.clip(self.init_confusions, _EPSILON, None))
-        else:
-            off = (1.0 - self.init_diagonal) / (k - 1)
-            matrix = np.full((k, k), off)
-            np.fill_diagonal(matrix, self.init_diagonal)
-            logits = np.broadcast_to(np.log(matrix), (r, k, k))
+        logits = initial_confusion_logits(
+            self.num_annotators, self.num_classes, self.init_diagonal, self.init_confusions
+        )
         return logits / self.logit_scale
+
+    def _regularizer(self):
+        if self.trace_weight:
+            return ConfusionTraceRegularizer(self.trace_weight, self.logit_scale)
+        if self.volume_weight:
+            return ConfusionVolumeRegularizer(self.volume_weight, self.logit_scale)
+        return None
 
     def _confusions(self):
         return ops.softmax(self.confusion_logits * self.logit_scale, axis=-1)

@@ -3,10 +3,17 @@
 import keras
 
 from crowd_layers.layers import CrowdsClassification, CrowdsConfusion, CrowdsRegression
+from crowd_layers.pooled import CrowdsGaussian, CrowdsPooled
 
 __all__ = ["CROWD_LAYER_TYPES", "find_crowd_layer", "prediction_model"]
 
-CROWD_LAYER_TYPES = (CrowdsClassification, CrowdsConfusion, CrowdsRegression)
+CROWD_LAYER_TYPES = (
+    CrowdsClassification,
+    CrowdsConfusion,
+    CrowdsRegression,
+    CrowdsPooled,
+    CrowdsGaussian,
+)
 
 
 def find_crowd_layer(model):
@@ -26,8 +33,8 @@ def find_crowd_layer(model):
     found = [layer for layer in model.layers if isinstance(layer, CROWD_LAYER_TYPES)]
     if not found:
         raise ValueError(
-            "`model` has no crowd layer (CrowdsClassification, CrowdsConfusion or "
-            f"CrowdsRegression) among its top-level layers. Received: model={model.name!r} "
+            "`model` has no crowd layer (CrowdsClassification, CrowdsConfusion, "
+            f"CrowdsRegression, CrowdsPooled or CrowdsGaussian) among its top-level layers. Received: model={model.name!r} "
             f"with layers {[layer.name for layer in model.layers]}"
         )
     if len(found) > 1:

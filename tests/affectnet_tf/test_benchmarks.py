@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,3 +64,96 @@ def test_faces_benchmark_quick_runs(tmp_path):
     figures = json.loads(output.read_text())
     assert figures["plain_fps"] > 0 and figures["stage_fps"] > 0
     assert figures["plain_faces"] > 0 and figures["iou_mean"] is not None
+
+
+LABELME = REPO.parent / "shared" / "data" / "labelme"
+
+
+def _plain_layout(folder, num_classes=3, annotators=5, items=40, features=6, seed=0):
+    """A tiny crowd dataset in the plain layout, without validation files."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    truth = rng.integers(0, num_classes, items)
+    right = rng.random((items, annotators)) < 0.7
+    answers = np.where(right, truth[:, None], rng.integers(0, num_classes, (items, annotators)))
+    answers[rng.random((items, annotators)) < 0.4] = -1
+    answers[0] = -1  # an item nobody answered
+    np.savetxt(folder / "answers.txt", answers, fmt="%d")
+    np.savetxt(folder / "labels_train.txt", truth, fmt="%d")
+    test = rng.integers(0, num_classes, 20)
+    np.savetxt(folder / "labels_test.txt", test, fmt="%d")
+    centers = rng.normal(size=(num_classes, features))
+    for name, labels in (("train", truth), ("test", test)):
+        x = centers[labels] + rng.normal(scale=0.5, size=(len(labels), features))
+        np.save(folder / f"features_{name}.npy", x.astype("float32"))
+    return folder
+
+
+@pytest.mark.slow
+def test_real_crowds_benchmark_on_a_tiny_plain_layout(tmp_path):
+    data_dir = _plain_layout(tmp_path / "tiny")
+    output = tmp_path / "crowds.json"
+    stdout = _run_benchmark(
+        "bench_real_crowds.py",
+        "--data-dir",
+        data_dir,
+        "--seeds",
+        "2",
+        "--epochs",
+        "2",
+        "--methods",
+        "truth,mv,ds,geocrowdnet,pooled,pooled_mv",
+        "--json",
+        output,
+    )
+    assert "40 training items, 5 annotators, 3 classes" in stdout
+    assert re.search(r"pooled\s+test 0\.\d{4} ± 0\.\d{4} .*\(default\)", stdout)
+    result = json.loads(output.read_text())
+    assert result["default"] == "pooled" and result["seeds"] == 2
+    assert set(result["methods"]) == {
+        "truth", "mv", "ds", "geocrowdnet", "pooled", "pooled_mv"
+    }  # fmt: skip
+    for method, accuracy in result["methods"].items():
+        assert 0.0 <= accuracy <= 1.0, method
+        assert len(result["per_seed"][method]) == 2
+        assert accuracy == pytest.approx(np.mean(result["per_seed"][method]))
+    assert result["valid"] == {}  # no validation files
+
+
+def test_real_crowds_benchmark_names_the_missing_file(tmp_path):
+    data_dir = _plain_layout(tmp_path / "tiny")
+    (data_dir / "labels_test.txt").unlink()
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_real_crowds.py"), "--data-dir", data_dir],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "missing labels_test.txt" in result.stderr
+
+
+def test_real_crowds_benchmark_names_a_bad_answer_file(tmp_path):
+    data_dir = _plain_layout(tmp_path / "tiny")
+    (data_dir / "answers.txt").write_text("0 1 2\n1 -3 0\n")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_real_crowds.py"), "--data-dir", data_dir],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "answers.txt" in result.stderr and "-3" in result.stderr
+
+
+@pytest.mark.slow
+def test_real_crowds_benchmark_on_labelme():
+    """The real LabelMe crowd: its layout reads, and a short pooled run beats majority vote."""
+    if not (LABELME / "answers.txt").exists():
+        pytest.skip(f"the real LabelMe crowd is not in {LABELME} (../shared is absent)")
+    stdout = _run_benchmark(
+        "bench_real_crowds.py", "--seeds", "1", "--epochs", "20", "--methods", "mv,pooled"
+    )
+    assert "1000 training items, 59 annotators, 8 classes, 2547 answers" in stdout
+    scores = dict(re.findall(r"^(\w+)\s+test (0\.\d+)", stdout, flags=re.M))
+    assert float(scores["pooled"]) > float(scores["mv"])

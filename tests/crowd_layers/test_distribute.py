@@ -8,6 +8,12 @@ from numpy.testing import assert_allclose
 
 from crowd_layers.layers import CrowdsClassification, CrowdsConfusion, CrowdsRegression
 from crowd_layers.losses import MaskedMultiCrossEntropy, MaskedMultiMSE
+from crowd_layers.pooled import (
+    CrowdsGaussian,
+    CrowdsPooled,
+    MaskedGaussianLikelihood,
+    PooledCrowdLikelihood,
+)
 
 K, R, D, N = 3, 4, 5, 16
 GLOBAL_BATCH = 8
@@ -23,7 +29,7 @@ def strategy():
 def _data(kind, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(N, D)).astype("float32")
-    if kind == "regression":
+    if kind in ("regression", "gaussian"):
         y = rng.normal(size=(N, R)).astype("float32")
         y[rng.random((N, R)) < 0.3] = np.nan
         y[:4, 1:] = np.nan  # first half of the first batch: far fewer answers
@@ -42,6 +48,14 @@ def _model(kind, seed=1):
     if kind == "regression":
         outputs = CrowdsRegression(R, conn_type="S+B")(keras.layers.Dense(1)(inputs))
         loss = MaskedMultiMSE()
+    elif kind == "gaussian":
+        outputs = CrowdsGaussian(R)(keras.layers.Dense(1)(inputs))
+        loss = MaskedGaussianLikelihood()
+    elif kind in ("pooled", "pooled_volume"):
+        probabilities = keras.layers.Dense(K, activation="softmax")(inputs)
+        volume = 0.05 if kind == "pooled_volume" else 0.0
+        outputs = CrowdsPooled(K, R, logit_scale=3.0, volume_weight=volume)(probabilities)
+        loss = PooledCrowdLikelihood()
     else:
         probabilities = keras.layers.Dense(K, activation="softmax")(inputs)
         layer = (
@@ -67,7 +81,9 @@ def _fit(kind, x, y, strategy=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["MW", "VW+B", "confusion", "regression"])
+@pytest.mark.parametrize(
+    "kind", ["MW", "VW+B", "confusion", "regression", "pooled", "pooled_volume", "gaussian"]
+)
 def test_two_replicas_equal_one_device(kind, strategy):
     x, y = _data(kind)
     initial_1, weights_1, loss_1, eval_1 = _fit(kind, x, y)
