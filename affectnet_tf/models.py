@@ -43,18 +43,15 @@ __all__ = [
     "crowd_losses",
 ]
 
-#: Expression crowd layers: ``pooled`` (the default: :class:`crowd_layers.CrowdsPooled`, the
-#: item's answers pooled in Dawid-Skene's likelihood), ``confusion`` (per-answer,
-#: :class:`crowd_layers.CrowdsConfusion` with the trace regulariser), ``geocrowdnet``
-#: (per-answer, the same layer with GeoCrowdNet's volume regulariser) and the reference layers.
-CROWD_LAYERS = ("pooled", "confusion", "geocrowdnet", "MW", "VW", "VB", "VW+B", "SW")
+#: Expression crowd layers (:data:`crowd_layers.CROWD_METHODS`): ``pooled`` (the default: the
+#: image's answers pooled in Dawid-Skene's likelihood), ``confusion``, ``geocrowdnet`` and the
+#: reference layers; :func:`crowd_layers.crowd_method` builds each.
+CROWD_LAYERS = crowd_layers.CROWD_METHODS
 #: Layers that hold confusion matrices and so accept ``init_confusions``.
-CONFUSION_CROWD_LAYERS = ("pooled", "confusion", "geocrowdnet")
+CONFUSION_CROWD_LAYERS = crowd_layers.CONFUSION_METHODS
 #: Valence/arousal crowd layers: ``gaussian`` (the default: :class:`crowd_layers.CrowdsGaussian`,
 #: scale, bias and noise per annotator) or a :class:`crowd_layers.CrowdsRegression` connection.
 VA_CROWD_LAYERS = ("gaussian", "S", "B", "S+B", "B+S")
-#: GeoCrowdNet's regulariser weight (Ibrahim et al.'s code and the ECAI 2024 benchmark: 0.01).
-GEOCROWDNET_WEIGHT = 0.01
 TASK_HEADS = {
     "exp": ("expression",),
     "aro": ("arousal",),
@@ -181,8 +178,8 @@ def build_model(
     for head in heads:
         options = {"dtype": "float32", "name": f"crowd_{head}"}
         if head == "expression":
-            layer = _expression_crowd_layer(
-                crowd_layer, num_classes, num_annotators, init_confusions, options
+            layer, _ = crowd_layers.crowd_method(
+                crowd_layer, num_classes, num_annotators, init_confusions, **options
             )
         elif va_crowd_layer == "gaussian":
             layer = crowd_layers.CrowdsGaussian(num_annotators, **options)
@@ -199,29 +196,6 @@ def build_model(
     return BuiltModel(training, prediction, backbone)
 
 
-def _expression_crowd_layer(crowd_layer, num_classes, num_annotators, init_confusions, options):
-    if crowd_layer == "pooled":
-        return crowd_layers.CrowdsPooled(
-            num_classes, num_annotators, init_confusions=init_confusions, **options
-        )
-    if crowd_layer == "confusion":
-        return crowd_layers.CrowdsConfusion(
-            num_classes, num_annotators, init_confusions=init_confusions, **options
-        )
-    if crowd_layer == "geocrowdnet":
-        return crowd_layers.CrowdsConfusion(
-            num_classes,
-            num_annotators,
-            init_confusions=init_confusions,
-            trace_weight=0.0,
-            volume_weight=GEOCROWDNET_WEIGHT,
-            **options,
-        )
-    return crowd_layers.CrowdsClassification(
-        num_classes, num_annotators, conn_type=crowd_layer, **options
-    )
-
-
 def crowd_losses(crowd_layer, va_crowd_layer):
     """The losses that score a crowd head: ``{"expression": ..., "valence": ..., "arousal": ...}``."""
     va = (
@@ -229,12 +203,8 @@ def crowd_losses(crowd_layer, va_crowd_layer):
         if va_crowd_layer == "gaussian"
         else crowd_layers.MaskedMultiMSE
     )
-    expression = (
-        crowd_layers.PooledCrowdLikelihood
-        if crowd_layer == "pooled"
-        else crowd_layers.MaskedMultiCrossEntropy
-    )
-    return {"expression": expression(), "valence": va(), "arousal": va()}
+    _, expression = crowd_layers.crowd_method(crowd_layer, num_classes=2, num_annotators=1)
+    return {"expression": expression, "valence": va(), "arousal": va()}
 
 
 def _find_metadata_layer(model):

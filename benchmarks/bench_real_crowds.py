@@ -62,7 +62,7 @@ import crowd_layers  # noqa: E402
 from crowd_layers._checks import check_answers  # noqa: E402
 
 DEFAULT_METHOD = crowd_layers.DEFAULT_CROWD_METHOD
-REFERENCE_LAYERS = ("MW", "VW", "VB", "VW+B", "SW")
+REFERENCE_LAYERS = crowd_layers.layers.CLASSIFICATION_CONN_TYPES
 METHODS = (
     "truth",
     "mv",
@@ -185,27 +185,15 @@ def base_network(num_features, num_classes, seed):
     return keras.Model(inputs, outputs)
 
 
-def crowd_head(method, num_classes, num_annotators, answers):
-    """The crowd layer and loss of a crowd method (every setting at the package's defaults)."""
-    if method in REFERENCE_LAYERS:
-        layer = crowd_layers.CrowdsClassification(num_classes, num_annotators, conn_type=method)
-        return layer, crowd_layers.MaskedMultiCrossEntropy()
-    if method == "confusion":
-        return crowd_layers.CrowdsConfusion(num_classes, num_annotators), (
-            crowd_layers.MaskedMultiCrossEntropy()
-        )
-    if method == "geocrowdnet":
-        layer = crowd_layers.CrowdsConfusion(
-            num_classes, num_annotators, trace_weight=0.0, volume_weight=0.01
-        )
-        return layer, crowd_layers.MaskedMultiCrossEntropy()
-    init = None
+def crowd_head(method, num_classes, answers):
+    """The crowd layer and loss of a method, every setting at the package's defaults."""
+    if method in crowd_layers.CROWD_METHODS:
+        return crowd_layers.crowd_method(method, num_classes, answers.shape[1])
     if method == "pooled_ds":
         init = crowd_layers.DawidSkene(num_classes=num_classes).fit(answers).confusions_
-    elif method == "pooled_mv":
+    else:  # "pooled_mv"
         init = crowd_layers.majority_vote_confusions(answers, num_classes=num_classes)
-    layer = crowd_layers.CrowdsPooled(num_classes, num_annotators, init_confusions=init)
-    return layer, crowd_layers.PooledCrowdLikelihood()
+    return crowd_layers.crowd_method("pooled", num_classes, answers.shape[1], init)
 
 
 def run_method(method, data, seed, epochs, batch_size, targets):
@@ -218,7 +206,7 @@ def run_method(method, data, seed, epochs, batch_size, targets):
         model.compile(keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
         model.fit(data["x_train"], targets[method], **fit)
     else:
-        layer, loss = crowd_head(method, k, answers.shape[1], answers)
+        layer, loss = crowd_head(method, k, answers)
         training = keras.Model(model.inputs, layer(model.outputs[0]))
         training.compile(keras.optimizers.Adam(1e-3), loss=loss)
         training.fit(data["x_train"], answers, **fit)

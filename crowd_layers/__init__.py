@@ -34,6 +34,13 @@ from crowd_layers.losses import (
     masked_multi_cross_entropy,
     masked_multi_mse,
 )
+from crowd_layers.methods import (
+    CONFUSION_METHODS,
+    CROWD_METHODS,
+    DEFAULT_CROWD_METHOD,
+    GEOCROWDNET_WEIGHT,
+    crowd_method,
+)
 from crowd_layers.models import prediction_model
 from crowd_layers.pooled import (
     CrowdsGaussian,
@@ -45,13 +52,12 @@ from crowd_layers.pooled import (
 )
 from crowd_layers.trainers import CrowdsBinaryAggregator, CrowdsCategoricalAggregator
 
-#: The crowd method the package recommends and its training command uses by default: the
-#: pooled Dawid-Skene likelihood (:class:`CrowdsPooled` + :class:`PooledCrowdLikelihood`),
-#: chosen by ``benchmarks/bench_real_crowds.py`` and ``examples/demo.py``.
-DEFAULT_CROWD_METHOD = "pooled"
-
 __all__ = [
     "DEFAULT_CROWD_METHOD",
+    "CROWD_METHODS",
+    "CONFUSION_METHODS",
+    "GEOCROWDNET_WEIGHT",
+    "crowd_method",
     "CrowdsPooled",
     "PooledCrowdLikelihood",
     "pooled_crowd_nll",

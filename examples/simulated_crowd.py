@@ -9,9 +9,10 @@ when the CSVs are absent, of a built-in generator of neutral-biased annotators. 
 - sparse: every training item answered by 3 of the 50 annotators of both sets.
 
 Methods (rows of the table, test accuracy of the base network): the truth, majority-vote
-targets, Dawid-Skene posteriors as soft targets, and each crowd layer trained on the raw
-answers (``CrowdsClassification`` MW, VW, VB, VW+B, SW, and ``CrowdsConfusion`` with its
-defaults).
+targets, Dawid-Skene posteriors as soft targets, and each crowd method of
+``crowd_layers.CROWD_METHODS`` trained on the raw answers at the package's defaults: ``pooled``
+(the default, ``CrowdsPooled``), ``confusion`` and ``geocrowdnet`` (``CrowdsConfusion`` with the
+trace or the volume regulariser) and the reference layers MW, VW, VB, VW+B, SW.
 
 Usage::
 
@@ -38,8 +39,7 @@ if str(REPO_ROOT) not in sys.path:  # running from a checkout without installing
     sys.path.insert(0, str(REPO_ROOT))
 
 from crowd_layers.aggregation import DawidSkene, majority_vote  # noqa: E402
-from crowd_layers.layers import CrowdsClassification, CrowdsConfusion  # noqa: E402
-from crowd_layers.losses import MaskedMultiCrossEntropy  # noqa: E402
+from crowd_layers.methods import CROWD_METHODS, DEFAULT_CROWD_METHOD, crowd_method  # noqa: E402
 from crowd_layers.models import prediction_model  # noqa: E402
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
 
 NUM_CLASSES = 8
 DEFAULT_CSV_DIR = REPO_ROOT.parent / "shared" / "data" / "affectnetc25"
-CROWD_METHODS = ("MW", "VW", "VB", "VW+B", "SW", "confusion")
 METHODS = ("truth", "majority vote", "Dawid-Skene", *CROWD_METHODS)
 CROWDS = ("dense", "sparse")
 STEPS_PER_EXECUTION = 16  # small models: fewer Python round trips per epoch
@@ -204,21 +203,20 @@ def train_on_targets(data, targets, settings, seed):
 
 
 def make_crowd_layer(method, num_annotators):
-    """The crowd layer of a method name in ``CROWD_METHODS`` (package defaults)."""
-    if method == "confusion":
-        return CrowdsConfusion(NUM_CLASSES, num_annotators, name="crowd")
-    return CrowdsClassification(NUM_CLASSES, num_annotators, conn_type=method, name="crowd")
+    """The crowd layer and loss of a method name in ``CROWD_METHODS`` (package defaults)."""
+    return crowd_method(method, NUM_CLASSES, num_annotators, name="crowd")
 
 
-def train_on_crowd(data, answers, layer, settings, seed):
+def train_on_crowd(data, answers, method, settings, seed):
     """Trains base network + crowd layer on the raw answers; returns the base's test accuracy."""
     x_train, x_test, _, y_test = data
     keras.utils.set_random_seed(seed)
     base = build_base_model(x_train.shape[1], settings["hidden"])
+    layer, loss = make_crowd_layer(method, answers.shape[1])
     model = keras.Model(base.inputs, layer(base.outputs[0]), name="crowd_model")
     model.compile(
         keras.optimizers.Adam(settings["learning_rate"]),
-        MaskedMultiCrossEntropy(),
+        loss,
         steps_per_execution=STEPS_PER_EXECUTION,
         run_eagerly=settings.get("run_eagerly", False),
     )
@@ -335,8 +333,7 @@ def run_experiment(
                     )
                     accuracy = train_on_targets(data, probas, settings, net_seed)
                 else:
-                    layer = make_crowd_layer(method, answers.shape[1])
-                    accuracy = train_on_crowd(data, answers, layer, settings, net_seed)
+                    accuracy = train_on_crowd(data, answers, method, settings, net_seed)
                 scores[method][crowd].append(accuracy)
                 log(
                     f"repeat {repeat + 1}/{repeats} {crowd:6s} {method:14s} "
@@ -351,7 +348,8 @@ def format_table(table, info=None):
     """The results as a Markdown table: rows methods, columns crowds."""
     lines = ["| method | dense | sparse |", "|---|---|---|"]
     for method, row in table.items():
-        lines.append(f"| {method} | {row['dense']:.3f} | {row['sparse']:.3f} |")
+        name = f"{method} (default)" if method == DEFAULT_CROWD_METHOD else method
+        lines.append(f"| {name} | {row['dense']:.3f} | {row['sparse']:.3f} |")
     if info is not None and "answers_per_item" in info:
         per_item, per_annotator = info["answers_per_item"], info["answers_per_annotator"]
         accuracy = info["answer_accuracy"]

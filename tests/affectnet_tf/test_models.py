@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import affectnet_tf
+import crowd_layers
 from affectnet_tf import backbones, losses, models
 
 IMAGE = 32
@@ -64,25 +65,72 @@ def test_heads(task, outputs):
         assert np.all(np.abs(np.asarray(result)) <= 1.0)
 
 
-@pytest.mark.parametrize("crowd_layer", models.CROWD_LAYERS)
-def test_crowd_heads_share_weights_with_the_prediction_model(crowd_layer):
+@pytest.mark.parametrize(
+    "crowd_layer, va_crowd_layer",
+    [(layer, "gaussian") for layer in models.CROWD_LAYERS] + [("pooled", "S+B")],
+)
+def test_crowd_heads_share_weights_with_the_prediction_model(crowd_layer, va_crowd_layer):
     built = models.build_model(
         "compact_cnn",
         task="all",
         target="cv",
         num_annotators=5,
         crowd_layer=crowd_layer,
+        va_crowd_layer=va_crowd_layer,
         weights=None,
         image_size=IMAGE,
     )
     crowd = built.training_model(_images())
-    assert tuple(crowd["expression"].shape) == (2, 8, 5)
-    assert tuple(crowd["valence"].shape) == (2, 5)
+    pooled = crowd_layer == "pooled"
+    assert tuple(crowd["expression"].shape) == ((2, 8, 8, 5) if pooled else (2, 8, 5))
+    gaussian = va_crowd_layer == "gaussian"
+    assert tuple(crowd["valence"].shape) == ((2, 2, 5) if gaussian else (2, 5))
     prediction_weights = {id(v) for v in built.prediction_model.weights}
     assert prediction_weights <= {id(v) for v in built.training_model.weights}
     annotators = models.crowd_layer_weights(built.training_model)
     assert annotators["expression_confusions"].shape == (5, 8, 8)
     assert annotators["arousal_scale"].shape == (5,)
+    assert ("arousal_noise" in annotators) == gaussian
+    layer = built.training_model.get_layer("crowd_expression")
+    if crowd_layer == "geocrowdnet":
+        assert layer.volume_weight == crowd_layers.GEOCROWDNET_WEIGHT and layer.trace_weight == 0
+    losses = models.crowd_losses(crowd_layer, va_crowd_layer)
+    expected = (
+        crowd_layers.PooledCrowdLikelihood if pooled else crowd_layers.MaskedMultiCrossEntropy
+    )
+    assert isinstance(losses["expression"], expected)
+    assert isinstance(
+        losses["valence"],
+        crowd_layers.MaskedGaussianLikelihood if gaussian else crowd_layers.MaskedMultiMSE,
+    )
+
+
+def test_init_confusions_start_every_confusion_layer_and_no_other():
+    start = crowd_layers.majority_vote_confusions(
+        np.random.default_rng(0).integers(-1, 8, (30, 5)), num_classes=8
+    )
+    for crowd_layer in models.CONFUSION_CROWD_LAYERS:
+        built = models.build_model(
+            "compact_cnn",
+            target="cv",
+            num_annotators=5,
+            crowd_layer=crowd_layer,
+            init_confusions=start,
+            weights=None,
+            image_size=IMAGE,
+        )
+        layer = built.training_model.get_layer("crowd_expression")
+        np.testing.assert_allclose(layer.confusion_matrices(), start, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="confusion crowd layer"):
+        models.build_model(
+            "compact_cnn",
+            target="cv",
+            num_annotators=5,
+            crowd_layer="MW",
+            init_confusions=start,
+            weights=None,
+            image_size=IMAGE,
+        )
 
 
 def test_crowd_needs_annotators_and_a_known_layer():

@@ -74,6 +74,11 @@ def test_every_target_and_task(tiny_config, dataset, task, target, extra):
             assert annotators["expression_confusions"].shape[0] == 25
         if "valence" in heads:
             assert annotators["valence_bias"].shape == (25,)
+            assert annotators["valence_noise"].shape == (25,)  # the default gaussian layer
+        if "expression" in heads and not extra:  # the default crowd layer
+            crowd_model = keras.models.load_model(run / "crowd_model.keras")
+            layer = crowd_model.get_layer("crowd_expression")
+            assert isinstance(layer, crowd_layers.CrowdsPooled)
 
 
 def test_one_device_strategy_and_class_balanced_sampling(tiny_config):
@@ -337,10 +342,16 @@ def test_confusion_layer_starts_from_dawid_skene_of_the_training_answers(synthet
         is None
     )
     assert _initial_confusions({**config, "target": "mv"}, heads, "x", "y", None, None) is None
-    with pytest.raises(ValueError, match="--crowd-init ds initialises the confusion"):
+    with pytest.raises(ValueError, match="--crowd-init ds initialises a confusion crowd layer"):
         _initial_confusions(
             {**config, "crowd_layer": "MW", "crowd_init": "ds"}, heads, "x", "y", None, None
         )
+    from_votes = _initial_confusions(
+        {**config, "crowd_init": "mv"}, heads, "synthetic_faces/tiny", "train", None, None
+    )
+    np.testing.assert_allclose(
+        from_votes, crowd_layers.majority_vote_confusions(answers, num_classes=8)
+    )
 
     # the crowd layer of a run starts there: zero epochs of training would keep it; one short
     # epoch at a tiny learning rate keeps it close

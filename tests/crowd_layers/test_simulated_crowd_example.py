@@ -69,6 +69,7 @@ def test_quick_run_prints_every_row(tmp_path):
     table = (tmp_path / "table.md").read_text()
     for method in ("truth", "majority vote", "Dawid-Skene", "MW", "VW", "VB", "VW+B", "SW"):
         assert f"| {method} |" in table
-    assert "| confusion |" in table
+    assert "| confusion |" in table and "| geocrowdnet |" in table
+    assert "| pooled (default) |" in table
     assert "| method | dense | sparse |" in result.stdout
     assert (tmp_path / "args.json").exists() and (tmp_path / "results.json").exists()
