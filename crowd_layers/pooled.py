@@ -423,22 +423,30 @@ class CrowdsGaussian(layers.Layer):
         return np.asarray(ops.convert_to_numpy(sigma), dtype=np.float64).reshape(-1)
 
 
-def masked_gaussian_nll(y_true, y_pred):
-    """Gaussian negative log-likelihood of each item's observed answers.
+def masked_gaussian_nll(y_true, y_pred, normalize_precision=True):
+    """Gaussian negative log-likelihood of the observed answers, averaged over them.
 
     Formula, with ``mu = y_pred[:, 0]`` and ``log sigma = y_pred[:, 1]``:
 
-        nll_i = sum_{r answered i} (y_ir - mu_ir)^2 / (2 sigma_ir^2) + log sigma_ir + log(2 pi) / 2
+        mean_{(i, r) observed} (y_ir - mu_ir)^2 / (2 sigma_r^2) + log sigma_r + log(2 pi) / 2
 
-    The batch value is the mean over items with at least one answer (per-sample shares, as in
-    :func:`pooled_crowd_nll`).
+    With ``normalize_precision`` (default) the value is exactly that, and so is its gradient for
+    the noise levels, but the gradient for the means (the network, the scales and biases) is
+    that of ``mean w_r (y_ir - mu_ir)^2`` with ``w_r = (1 / sigma_r^2) / mean_s(1 / sigma_s^2)``:
+    the likelihood's direction (each answer weighted by its annotator's precision, the same
+    stationary points) at the scale of :func:`~crowd_layers.losses.masked_multi_mse`. Without
+    it, the means' gradient grows as ``1 / sigma^2`` while the noise levels are learned, and in a
+    multi-head model valence and arousal would outweigh the expression head. ``w`` depends on
+    the layer's weights only, not on the batch, so it is the same on every replica.
 
     Args:
         y_true: Answers ``(batch, num_annotators)``, ``NaN`` (or ``999999999``) for no answer.
         y_pred: ``(batch, 2, num_annotators)`` from :class:`CrowdsGaussian`.
+        normalize_precision: Rescale the means' gradient as above (default ``True``).
 
     Returns:
-        Per-sample values ``(batch,)``.
+        Per-sample values ``(batch,)`` (shares of the mean over observed answers, as in
+        :func:`~crowd_layers.losses.masked_multi_mse`).
     """
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.cast(ops.convert_to_tensor(y_true), y_pred.dtype)
@@ -457,22 +465,32 @@ def masked_gaussian_nll(y_true, y_pred):
     sentinel = ops.cast(MISSING_SENTINEL, y_true.dtype)
     observed = ops.logical_and(ops.isfinite(y_true), ops.not_equal(y_true, sentinel))
     targets = ops.where(observed, y_true, mean)
-    terms = 0.5 * ops.square((targets - mean) * ops.exp(-log_sigma)) + log_sigma + _HALF_LOG_2PI
+    squared = ops.square(targets - mean)
+    precision = ops.exp(-2.0 * log_sigma)
+    if normalize_precision:
+        weights = ops.stop_gradient(precision / ops.mean(precision, axis=1, keepdims=True))
+        weighted = weights * squared
+        # value: the NLL; gradients: sigma from the NLL, the means from the weighted squares
+        terms = 0.5 * ops.stop_gradient(squared) * precision + log_sigma + _HALF_LOG_2PI
+        terms = terms + weighted - ops.stop_gradient(weighted)
+    else:
+        terms = 0.5 * squared * precision + log_sigma + _HALF_LOG_2PI
     terms = ops.where(observed, terms, ops.zeros_like(terms))
-    answered = ops.any(observed, axis=1)
-    return _per_sample_share(ops.sum(terms, axis=1), answered)
+    return _per_sample_share(terms, observed)
 
 
 @saving.register_keras_serializable(package="crowd_layers")
 class MaskedGaussianLikelihood(losses.Loss):
-    """Mean over answered items of the Gaussian NLL of their answers: pairs with :class:`CrowdsGaussian`.
+    """Mean Gaussian NLL of the observed answers: pairs with :class:`CrowdsGaussian`.
 
-    Wraps :func:`masked_gaussian_nll`.
+    Wraps :func:`masked_gaussian_nll` (see there for ``normalize_precision``).
 
-    Formula: ``mean_{i answered} sum_{r answered i} (y_ir - mu_ir)^2 / (2 sigma_r^2) +
-    log sigma_r + log(2 pi) / 2``.
+    Formula: ``mean_{(i, r) observed} (y_ir - mu_ir)^2 / (2 sigma_r^2) + log sigma_r +
+    log(2 pi) / 2``.
 
     Args:
+        normalize_precision: Give the means the likelihood's gradient direction at the scale of
+            the masked squared error (default ``True``).
         reduction: As for :class:`PooledCrowdLikelihood`.
         name: Loss name.
         dtype: Computation dtype.
@@ -485,9 +503,19 @@ class MaskedGaussianLikelihood(losses.Loss):
     """
 
     def __init__(
-        self, reduction="sum_over_batch_size", name="masked_gaussian_likelihood", dtype=None
+        self,
+        normalize_precision=True,
+        reduction="sum_over_batch_size",
+        name="masked_gaussian_likelihood",
+        dtype=None,
     ):
         super().__init__(name=name, reduction=_check_reduction(reduction), dtype=dtype)
+        self.normalize_precision = bool(normalize_precision)
 
     def call(self, y_true, y_pred):
-        return masked_gaussian_nll(y_true, y_pred)
+        return masked_gaussian_nll(y_true, y_pred, normalize_precision=self.normalize_precision)
+
+    def get_config(self):
+        config = super().get_config()
+        config["normalize_precision"] = self.normalize_precision
+        return config

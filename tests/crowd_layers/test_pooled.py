@@ -268,12 +268,48 @@ def test_gaussian_loss_against_numpy():
     y[3, 0] = 999999999
     observed = np.isfinite(y) & (y != 999999999)
     terms = 0.5 * ((y - mean) / np.exp(log_sigma)) ** 2 + log_sigma + 0.5 * math.log(2 * math.pi)
-    per_item = np.where(observed, terms, 0.0).sum(axis=1)
-    expected = per_item[observed.any(axis=1)].mean()
+    expected = terms[observed].mean()
     y_pred = np.stack([mean, log_sigma], axis=1).astype("float32")
-    assert_allclose(float(MaskedGaussianLikelihood()(y, y_pred)), expected, rtol=1e-5)
+    for normalize in (True, False):  # the same value either way
+        loss = MaskedGaussianLikelihood(normalize_precision=normalize)
+        assert_allclose(float(loss(y, y_pred)), expected, rtol=1e-5)
     values = masked_gaussian_nll(np.full((2, R), np.nan), y_pred[:2]).numpy()
     assert_allclose(values, 0.0)
+
+
+def test_gaussian_gradients_likelihood_for_sigma_precision_weighted_mse_for_the_means():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(6, R)).astype("float32")
+    y[0, 2] = np.nan
+    sigma = np.array([0.2, 0.4, 0.4, 0.8])
+    mean = tf.Variable(rng.normal(size=(6, R)).astype("float32"))
+    log_sigma = tf.Variable(np.tile(np.log(sigma), (6, 1)).astype("float32"))
+    observed = np.isfinite(y)
+    count = observed.sum()
+    gradients = {}
+    for normalize in (True, False):
+        with tf.GradientTape() as tape:
+            y_pred = tf.stack([mean, log_sigma], axis=1)
+            loss = MaskedGaussianLikelihood(normalize_precision=normalize)(y, y_pred)
+        gradients[normalize] = [g.numpy() for g in tape.gradient(loss, [mean, log_sigma])]
+    residual = np.where(observed, mean.numpy() - np.nan_to_num(y), 0.0)
+    precision = 1.0 / sigma**2
+    # plain likelihood: d/dmu = (mu - y) / sigma^2 / count
+    assert_allclose(gradients[False][0], residual * precision / count, rtol=1e-4, atol=1e-6)
+    # normalised: the weighted squared error's gradient 2 w (mu - y) / count, w mean 1
+    weights = precision / precision.mean()
+    assert_allclose(gradients[True][0], 2 * residual * weights / count, rtol=1e-4, atol=1e-6)
+    # the noise levels get the likelihood's gradient either way
+    assert_allclose(gradients[True][1], gradients[False][1], rtol=1e-5, atol=1e-7)
+    # equal noise levels: exactly the masked squared error's gradient
+    with tf.GradientTape() as tape:
+        y_pred = tf.stack([mean, tf.zeros_like(log_sigma)], axis=1)
+        loss = MaskedGaussianLikelihood()(y, y_pred)
+    with tf.GradientTape() as tape_mse:
+        mse = crowd_layers.MaskedMultiMSE()(y, mean)
+    assert_allclose(
+        tape.gradient(loss, mean).numpy(), tape_mse.gradient(mse, mean).numpy(), rtol=1e-5
+    )
 
 
 def test_gaussian_layer_output_and_noise_levels():
@@ -310,6 +346,7 @@ def test_gaussian_layer_learns_which_annotator_is_noisy_and_round_trips(tmp_path
     loaded = keras.models.load_model(path)
     assert_allclose(loaded.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0), atol=1e-6)
     assert loaded.get_layer("crowd").conn_type == "none"
+    assert loaded.loss.get_config()["normalize_precision"] is True
 
 
 @pytest.mark.parametrize(
