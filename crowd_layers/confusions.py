@@ -13,6 +13,7 @@ __all__ = [
     "ConfusionTraceRegularizer",
     "ConfusionVolumeRegularizer",
     "check_confusions",
+    "confusion_regularizer",
     "initial_confusion_logits",
 ]
 
@@ -123,3 +124,22 @@ class ConfusionTraceRegularizer(regularizers.Regularizer):
 
     def get_config(self):
         return {"trace_weight": self.trace_weight, "logit_scale": self.logit_scale}
+
+
+def confusion_regularizer(trace_weight, volume_weight, logit_scale):
+    """The regulariser of a layer's confusion logits: the trace term, the volume term or none.
+
+    Raises:
+        ValueError: when both weights are non-zero (one regulariser at a time).
+    """
+    if trace_weight and volume_weight:
+        raise ValueError(
+            "Use one confusion regulariser: set trace_weight=0 to use `volume_weight`, or "
+            f"volume_weight=0. Received: trace_weight={trace_weight!r}, "
+            f"volume_weight={volume_weight!r}"
+        )
+    if trace_weight:
+        return ConfusionTraceRegularizer(trace_weight, logit_scale)
+    if volume_weight:
+        return ConfusionVolumeRegularizer(volume_weight, logit_scale)
+    return None

@@ -10,10 +10,10 @@ regulariser of Tanno et al. (CVPR 2019).
 import numpy as np
 from keras import initializers, layers, ops, saving
 
-from crowd_layers.confusions import (
+from crowd_layers.confusions import (  # noqa: F401  (ConfusionTraceRegularizer: its old home)
     ConfusionTraceRegularizer,
-    ConfusionVolumeRegularizer,
     check_confusions,
+    confusion_regularizer,
     initial_confusion_logits,
 )
 
@@ -335,11 +335,7 @@ class CrowdsConfusion(_CrowdsClassificationBase):
                 f"`volume_weight` must be a finite number >= 0. Received: volume_weight={volume_weight!r}"
             )
         self.volume_weight = float(volume_weight)
-        if self.trace_weight and self.volume_weight:
-            raise ValueError(
-                "Use one confusion regulariser: set trace_weight=0 to use `volume_weight`. "
-                f"Received: trace_weight={trace_weight!r}, volume_weight={volume_weight!r}"
-            )
+        confusion_regularizer(self.trace_weight, self.volume_weight, self.logit_scale)  # checks
         self.init_confusions = None
         if init_confusions is not None:
             self.init_confusions = check_confusions(
@@ -397,11 +393,7 @@ class CrowdsConfusion(_CrowdsClassificationBase):
         return logits / self.logit_scale
 
     def _regularizer(self):
-        if self.trace_weight:
-            return ConfusionTraceRegularizer(self.trace_weight, self.logit_scale)
-        if self.volume_weight:
-            return ConfusionVolumeRegularizer(self.volume_weight, self.logit_scale)
-        return None
+        return confusion_regularizer(self.trace_weight, self.volume_weight, self.logit_scale)
 
     def _confusions(self):
         return ops.softmax(self.confusion_logits * self.logit_scale, axis=-1)

@@ -28,11 +28,10 @@ import numpy as np
 from keras import initializers, layers, losses, ops, saving
 
 from crowd_layers.confusions import (
-    ConfusionTraceRegularizer,
-    ConfusionVolumeRegularizer,
     _check_non_negative,
     _check_positive,
     check_confusions,
+    confusion_regularizer,
     initial_confusion_logits,
 )
 from crowd_layers.layers import _check_positive_int
@@ -128,11 +127,7 @@ class CrowdsPooled(layers.Layer):
         self.logit_scale = _check_positive(logit_scale, "logit_scale")
         self.trace_weight = _check_non_negative(trace_weight, "trace_weight")
         self.volume_weight = _check_non_negative(volume_weight, "volume_weight")
-        if self.trace_weight and self.volume_weight:
-            raise ValueError(
-                "Use one confusion regulariser: `trace_weight` or `volume_weight`, not both. "
-                f"Received: trace_weight={trace_weight!r}, volume_weight={volume_weight!r}"
-            )
+        confusion_regularizer(self.trace_weight, self.volume_weight, self.logit_scale)  # checks
         self.init_confusions = None
         if init_confusions is not None:
             self.init_confusions = check_confusions(
@@ -197,11 +192,7 @@ class CrowdsPooled(layers.Layer):
         return ops.log_softmax(self.confusion_logits * self.logit_scale, axis=-1)
 
     def _regularizer(self):
-        if self.trace_weight:
-            return ConfusionTraceRegularizer(self.trace_weight, self.logit_scale)
-        if self.volume_weight:
-            return ConfusionVolumeRegularizer(self.volume_weight, self.logit_scale)
-        return None
+        return confusion_regularizer(self.trace_weight, self.volume_weight, self.logit_scale)
 
 
 def _answer_indicators(y_true, num_classes, dtype):

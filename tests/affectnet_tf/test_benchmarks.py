@@ -120,30 +120,29 @@ def test_real_crowds_benchmark_on_a_tiny_plain_layout(tmp_path):
     assert result["valid"] == {}  # no validation files
 
 
-def test_real_crowds_benchmark_names_the_missing_file(tmp_path):
-    data_dir = _plain_layout(tmp_path / "tiny")
-    (data_dir / "labels_test.txt").unlink()
+def _real_crowds_error(data_dir):
+    """Runs the real-crowds benchmark on a broken folder; its standard error (exit status 2)."""
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench_real_crowds.py"), "--data-dir", data_dir],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert result.returncode == 2
-    assert "missing labels_test.txt" in result.stderr
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stderr
+
+
+def test_real_crowds_benchmark_names_the_missing_file(tmp_path):
+    data_dir = _plain_layout(tmp_path / "tiny")
+    (data_dir / "labels_test.txt").unlink()
+    assert "missing labels_test.txt" in _real_crowds_error(data_dir)
 
 
 def test_real_crowds_benchmark_names_a_bad_answer_file(tmp_path):
     data_dir = _plain_layout(tmp_path / "tiny")
     (data_dir / "answers.txt").write_text("0 1 2\n1 -3 0\n")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_real_crowds.py"), "--data-dir", data_dir],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 2
-    assert "answers.txt" in result.stderr and "-3" in result.stderr
+    stderr = _real_crowds_error(data_dir)
+    assert "answers.txt" in stderr and "-3" in stderr
 
 
 @pytest.mark.slow
