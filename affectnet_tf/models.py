@@ -203,8 +203,7 @@ def crowd_losses(crowd_layer, va_crowd_layer):
         if va_crowd_layer == "gaussian"
         else crowd_layers.MaskedMultiMSE
     )
-    _, expression = crowd_layers.crowd_method(crowd_layer, num_classes=2, num_annotators=1)
-    return {"expression": expression, "valence": va(), "arousal": va()}
+    return {"expression": crowd_layers.crowd_loss(crowd_layer), "valence": va(), "arousal": va()}
 
 
 def _find_metadata_layer(model):

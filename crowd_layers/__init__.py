@@ -39,6 +39,7 @@ from crowd_layers.methods import (
     CROWD_METHODS,
     DEFAULT_CROWD_METHOD,
     GEOCROWDNET_WEIGHT,
+    crowd_loss,
     crowd_method,
 )
 from crowd_layers.models import prediction_model
@@ -57,6 +58,7 @@ __all__ = [
     "CROWD_METHODS",
     "CONFUSION_METHODS",
     "GEOCROWDNET_WEIGHT",
+    "crowd_loss",
     "crowd_method",
     "CrowdsPooled",
     "PooledCrowdLikelihood",

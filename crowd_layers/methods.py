@@ -24,6 +24,7 @@ __all__ = [
     "CROWD_METHODS",
     "DEFAULT_CROWD_METHOD",
     "GEOCROWDNET_WEIGHT",
+    "crowd_loss",
     "crowd_method",
 ]
 
@@ -35,6 +36,17 @@ CONFUSION_METHODS = ("pooled", "confusion", "geocrowdnet")
 CROWD_METHODS = (*CONFUSION_METHODS, *CLASSIFICATION_CONN_TYPES)
 #: GeoCrowdNet's regulariser weight (its authors' code and the ECAI 2024 benchmark: 0.01).
 GEOCROWDNET_WEIGHT = 0.01
+
+
+def _check_method(method):
+    if method not in CROWD_METHODS:
+        raise ValueError(f"`method` must be one of {CROWD_METHODS}. Received: method={method!r}")
+
+
+def crowd_loss(method):
+    """The loss of a method in :data:`CROWD_METHODS`: the pooled likelihood or the per-answer one."""
+    _check_method(method)
+    return PooledCrowdLikelihood() if method == "pooled" else MaskedMultiCrossEntropy()
 
 
 def crowd_method(method, num_classes, num_annotators, init_confusions=None, **layer_kwargs):
@@ -60,8 +72,7 @@ def crowd_method(method, num_classes, num_annotators, init_confusions=None, **la
 
     >>> layer, loss = crowd_method("pooled", num_classes=8, num_annotators=25)
     """
-    if method not in CROWD_METHODS:
-        raise ValueError(f"`method` must be one of {CROWD_METHODS}. Received: method={method!r}")
+    _check_method(method)
     if init_confusions is not None and method not in CONFUSION_METHODS:
         raise ValueError(
             f"`init_confusions` starts a confusion crowd layer ({', '.join(CONFUSION_METHODS)}) "
@@ -69,7 +80,7 @@ def crowd_method(method, num_classes, num_annotators, init_confusions=None, **la
         )
     common = {"num_classes": num_classes, "num_annotators": num_annotators, **layer_kwargs}
     if method == "pooled":
-        return CrowdsPooled(init_confusions=init_confusions, **common), PooledCrowdLikelihood()
+        return CrowdsPooled(init_confusions=init_confusions, **common), crowd_loss(method)
     if method == "confusion":
         layer = CrowdsConfusion(init_confusions=init_confusions, **common)
     elif method == "geocrowdnet":
@@ -83,4 +94,4 @@ def crowd_method(method, num_classes, num_annotators, init_confusions=None, **la
         )
     else:
         layer = CrowdsClassification(conn_type=method, **common)
-    return layer, MaskedMultiCrossEntropy()
+    return layer, crowd_loss(method)
