@@ -12,6 +12,7 @@ from keras import initializers, layers, ops, saving
 
 from crowd_layers.confusions import (  # noqa: F401  (ConfusionTraceRegularizer: its old home)
     ConfusionTraceRegularizer,
+    _check_non_negative,
     check_confusions,
     confusion_regularizer,
     initial_confusion_logits,
@@ -279,7 +280,7 @@ class CrowdsConfusion(_CrowdsClassificationBase):
         logit_scale: Positive multiplier of the stored logits (a learning-rate multiplier
             for Adam-like optimizers).
         volume_weight: Weight ``>= 0`` of GeoCrowdNet's (W) volume term
-            (:class:`~crowd_layers.pooled.ConfusionVolumeRegularizer`; Ibrahim et al., ICLR
+            (:class:`~crowd_layers.confusions.ConfusionVolumeRegularizer`; Ibrahim et al., ICLR
             2023) instead of the trace term: set ``trace_weight=0`` to use it.
         **kwargs: Base layer arguments (``name``, ``dtype``, ...).
 
@@ -330,11 +331,7 @@ class CrowdsConfusion(_CrowdsClassificationBase):
                 f"`logit_scale` must be a positive number. Received: logit_scale={logit_scale!r}"
             )
         self.logit_scale = float(logit_scale)
-        if not np.isfinite(volume_weight) or volume_weight < 0:
-            raise ValueError(
-                f"`volume_weight` must be a finite number >= 0. Received: volume_weight={volume_weight!r}"
-            )
-        self.volume_weight = float(volume_weight)
+        self.volume_weight = _check_non_negative(volume_weight, "volume_weight")
         confusion_regularizer(self.trace_weight, self.volume_weight, self.logit_scale)  # checks
         self.init_confusions = None
         if init_confusions is not None:
