@@ -2,11 +2,31 @@
 
 Importing the package registers the TFDS builders (``tfds_affectnet``) and the crowd layers and
 losses (``crowd_layers``) with Keras.
+
+TensorFlow's C++ start-up notices (no CUDA driver, CPU instructions, oneDNN) would flood every
+command's output, so the package sets ``TF_CPP_MIN_LOG_LEVEL=2`` before it imports TensorFlow:
+TensorFlow's C++ INFO and WARNING lines are hidden, its errors and Python warnings still print.
+It is a default only (``os.environ.setdefault``), like other TensorFlow command lines: a value the
+user set wins. The "Could not find cuda drivers" notice ignores that variable (TensorFlow 2.19 and
+later), so that line and absl's header before it are filtered out of what ``import tensorflow``
+writes to the standard error; everything else it writes is passed on. Neither happens where
+TensorFlow was imported before the package. It also applies to programs that import the package;
+set ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything.
+
+The command-line modules (``train``, ``evaluate``, ``predict``, ``agreement``, ``video_train``)
+are imported on first attribute access (``affectnet_tf.train``), not with the package, so that
+``python -m affectnet_tf.train`` runs its module once.
 """
+
+import importlib
+
+from affectnet_tf._startup import import_tensorflow_quietly
+
+import_tensorflow_quietly()
 
 import crowd_layers  # noqa: F401  (registers the crowd layers and losses with Keras)
 import tfds_affectnet  # noqa: F401  (registers the TFDS builders)
-from affectnet_tf import faces, images, metrics, train, video
+from affectnet_tf import faces, images, metrics, video
 from affectnet_tf.backbones import BACKBONES, WeightsUnavailableError
 from affectnet_tf.data import DatasetInfo, make_dataset
 from affectnet_tf.faces import FaceCropper
@@ -35,3 +55,17 @@ __all__ = [
     "train",
     "labels",
 ]
+
+# Command-line modules: importing one with the package would make ``python -m`` run it twice
+# (runpy's "found in sys.modules" RuntimeWarning).
+_COMMANDS = ("agreement", "evaluate", "predict", "train", "video_train")
+
+
+def __getattr__(name):
+    if name in _COMMANDS:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_COMMANDS))

@@ -1,13 +1,20 @@
 """Human agreement on AffectNetC25: each annotator, and the model, against the other annotators.
 
 For annotator ``r`` the reference of an image is the majority vote of the *other* annotators
-(:func:`crowd_layers.majority_vote`, with its tie rule) for expression and the mean of the
-other annotators' answers for valence and arousal (leave-one-out). Annotator ``r`` is scored
-against those references on the images ``r`` answered (accuracy, macro F1; CCC), and the model
-is scored against the very same references on the very same images: the two figures compare
-the model with one human on equal terms. The crowd's Krippendorff's alpha and Fleiss' kappa,
-and each annotator's and the model's agreement with AffectNet's original label, complete the
-picture.
+for expression and the mean of the other annotators' answers for valence and arousal
+(leave-one-out). Annotator ``r`` is scored against those references on the images ``r``
+answered (accuracy, macro F1; CCC), and the model is scored against the very same references
+on the very same images: the two figures compare the model with one human on equal terms.
+The crowd's Krippendorff's alpha and Fleiss' kappa, and each annotator's and the model's
+agreement with AffectNet's original label, complete the picture.
+
+Majority-vote ties are broken as everywhere in the package (``tie_break="keyed"``, the
+default): by the image's file name (:func:`tfds_affectnet.labels.majority_labels`), so an
+image's reference is the same in training, evaluation and this report, for every seed and
+order. The leave-one-out votes use the same keys, and the vote of the whole crowd
+(:func:`crowd_majority`) equals :func:`~tfds_affectnet.labels.majority_labels`. Answers
+without file names can use ``"lowest"`` (the lowest tied class) or ``"prior"`` (the tied class
+answered most often overall).
 
 The figures of the real C25 CSVs alone (no images, no model) show the human ceiling before
 any training::
@@ -30,6 +37,8 @@ from affectnet_tf import metrics
 from tfds_affectnet import _sources, labels
 
 __all__ = [
+    "TIE_BREAKS",
+    "crowd_majority",
     "leave_one_out_majorities",
     "leave_one_out_means",
     "annotator_agreement",
@@ -38,6 +47,8 @@ __all__ = [
     "format_agreement",
     "main",
 ]
+
+TIE_BREAKS = ("keyed", "lowest", "prior")
 
 # per-annotator figures: (key, reference kind, metric function)
 _FIGURES = (
@@ -71,26 +82,67 @@ def _check_answers(answers, name):
     return array
 
 
-def leave_one_out_majorities(answers, num_classes=8, tie_break="random", seed=0):
+def _tie_rule(tie_break, file_names, n_items):
+    """:func:`crowd_layers.majority_vote`'s tie arguments for ``tie_break``."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(
+            f"`tie_break` must be one of {TIE_BREAKS}. Received: tie_break={tie_break!r}"
+        )
+    if tie_break != "keyed":
+        return {"tie_break": tie_break}
+    if file_names is None:
+        raise ValueError(
+            "`tie_break='keyed'` breaks ties by the images' file names: pass `file_names`, or "
+            "choose tie_break='lowest' or 'prior'. Received: file_names=None"
+        )
+    if len(file_names) != n_items:
+        raise ValueError(
+            f"`file_names` must hold one name per item ({n_items}). "
+            f"Received: {len(file_names)} names"
+        )
+    return {"tie_break": "keyed", "keys": labels.tie_keys(file_names)}
+
+
+def crowd_majority(answers, num_classes=8, *, file_names=None, tie_break="keyed"):
+    """Majority vote of all annotators, with the package's tie rule by default.
+
+    Args:
+        answers: ``(N, R)`` class answers, ``-1`` for no answer.
+        num_classes: number of classes.
+        file_names: the ``N`` images' file names, the keys of ``tie_break="keyed"``.
+        tie_break: ``"keyed"`` (by the file name: equals
+            :func:`tfds_affectnet.labels.majority_labels`), ``"lowest"`` or ``"prior"``
+            (:func:`crowd_layers.majority_vote`).
+
+    Returns:
+        ``(N,)`` int64, ``-1`` where nobody answered.
+    """
+    answers = _check_answers(answers, "answers").astype(np.int64)
+    rule = _tie_rule(tie_break, file_names, len(answers))
+    with _quiet_aggregation():
+        return crowd_layers.majority_vote(answers, num_classes, **rule)
+
+
+def leave_one_out_majorities(answers, num_classes=8, *, file_names=None, tie_break="keyed"):
     """Majority vote of the other annotators, for every (item, annotator) pair.
 
     Args:
         answers: ``(N, R)`` class answers, ``-1`` for no answer.
         num_classes: number of classes.
-        tie_break, seed: :func:`crowd_layers.majority_vote`'s tie rule.
+        file_names, tie_break: the tie rule, as in :func:`crowd_majority`; every column
+            breaks an item's ties with the same key.
 
     Returns:
         ``(N, R)`` int64: column ``r`` is the majority vote of all annotators but ``r``
         (``-1`` where nobody else answered).
     """
     answers = _check_answers(answers, "answers").astype(np.int64)
+    rule = _tie_rule(tie_break, file_names, len(answers))
     result = np.full(answers.shape, -1, np.int64)
     with _quiet_aggregation():
         for r in range(answers.shape[1]):
             others = np.delete(answers, r, axis=1)
-            result[:, r] = crowd_layers.majority_vote(
-                others, num_classes, tie_break=tie_break, seed=seed
-            )
+            result[:, r] = crowd_layers.majority_vote(others, num_classes, **rule)
     return result
 
 
@@ -175,8 +227,8 @@ def annotator_agreement(
     model_arousal=None,
     original_expression=None,
     num_classes=8,
-    tie_break="random",
-    seed=0,
+    file_names=None,
+    tie_break="keyed",
 ):
     """Per-annotator and model agreement with leave-one-out references, and crowd agreement.
 
@@ -188,7 +240,9 @@ def annotator_agreement(
         original_expression: AffectNet's original label ``(N,)``; codes outside
             ``0..num_classes-1`` count as missing.
         num_classes: number of expression classes.
-        tie_break, seed: the majority vote's tie rule (:func:`crowd_layers.majority_vote`).
+        file_names: the ``N`` images' file names: the keys of the default tie rule.
+        tie_break: the majority vote's tie rule (:func:`crowd_majority`); ``"keyed"`` needs
+            ``file_names``.
 
     Returns:
         A JSON-able dict: ``n_items``, ``n_annotators``, ``crowd`` (``alpha``,
@@ -242,7 +296,9 @@ def annotator_agreement(
             crowd_layers.krippendorff_alpha, answers, "nominal", num_classes
         )
         result["crowd"]["fleiss_kappa"] = _quiet(crowd_layers.fleiss_kappa, answers, num_classes)
-        references["expression"] = leave_one_out_majorities(answers, num_classes, tie_break, seed)
+        references["expression"] = leave_one_out_majorities(
+            answers, num_classes, file_names=file_names, tie_break=tie_break
+        )
     for dimension in ("valence", "arousal"):
         if dimension in matrices:
             values = matrices[dimension].astype(np.float64)
@@ -405,8 +461,7 @@ def csv_agreement(
     sets=_sources.C25_SETS,
     num_classes=8,
     training_csv=None,
-    tie_break="random",
-    seed=0,
+    tie_break="keyed",
 ):
     """:func:`annotator_agreement` of each C25 set from the CSVs alone (no images, no model).
 
@@ -416,6 +471,8 @@ def csv_agreement(
         num_classes: 8, or 7: contempt answers count as no answer and images whose 8-class
             majority is contempt are left out (as :func:`affectnet_tf.make_dataset` does).
         training_csv: AffectNet's ``training.csv``, for the original labels (optional).
+        tie_break: the majority vote's tie rule (:func:`crowd_majority`); the default breaks
+            ties by the image file names of the CSV rows, as training and evaluation do.
 
     Returns:
         ``{set: result}``, each result with ``cleaned`` (the values :mod:`tfds_affectnet`
@@ -425,6 +482,7 @@ def csv_agreement(
     results = {}
     for set_name, table in data.items():
         answers = table["crowd_expression"]
+        names = table["file_name"]
         keep = np.ones(len(answers), bool)
         dropped = {}
         original = None
@@ -432,8 +490,7 @@ def csv_agreement(
             original, lookup = _original_labels(training_csv, list(table["file_name"]))
             dropped.update({k: v for k, v in lookup.items() if v})
         if num_classes == 7:
-            with _quiet_aggregation():
-                majority8 = crowd_layers.majority_vote(answers, 8, tie_break=tie_break, seed=seed)
+            majority8 = crowd_majority(answers, 8, file_names=names, tie_break=tie_break)
             keep = majority8 != labels.CONTEMPT
             dropped["majority_contempt"] = int((~keep).sum())
             answers = np.where(answers == labels.CONTEMPT, -1, answers)
@@ -445,8 +502,8 @@ def csv_agreement(
             crowd_arousal=table["crowd_arousal"][keep],
             original_expression=None if original is None else original[keep],
             num_classes=num_classes,
+            file_names=names[keep],
             tie_break=tie_break,
-            seed=seed,
         )
         result["cleaned"] = dict(counts)
         result["dropped"] = dropped
@@ -536,11 +593,12 @@ def build_parser():
     )
     parser.add_argument(
         "--tie-break",
-        choices=("random", "lowest", "prior"),
-        default="random",
-        help="majority-vote tie rule (default: random)",
+        choices=TIE_BREAKS,
+        default="keyed",
+        help="majority-vote tie rule: keyed (by the image's file name, as training and "
+        "evaluation), lowest (the lowest tied class) or prior (the tied class answered most "
+        "often) (default: keyed)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="tie-break seed (default: 0)")
     parser.add_argument(
         "--per-annotator", action="store_true", help="also print one line per annotator"
     )
@@ -558,7 +616,6 @@ def main(argv=None):
             num_classes=args.num_classes,
             training_csv=args.training_csv,
             tie_break=args.tie_break,
-            seed=args.seed,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -9,6 +9,8 @@ preprocessing lives inside the model.
 
 import dataclasses
 import hashlib
+import logging
+import warnings
 
 import cv2
 import numpy as np
@@ -24,7 +26,13 @@ __all__ = [
     "TASKS",
     "TARGETS",
     "VA_TARGETS",
+    "SUBSETS",
     "DatasetInfo",
+    "default_va_target",
+    "Partition",
+    "subset_mask",
+    "names_digest",
+    "prepared_builder",
     "load_label_table",
     "build_targets",
     "augment_batch",
@@ -49,6 +57,13 @@ _DEFAULT_VA_TARGET = {
 _CROWD_TARGETS = ("mv", "soft", "cv", "ds", "mean", "median")
 
 
+def default_va_target(target):
+    """The valence/arousal target that goes with an expression ``target`` by default."""
+    if target not in _DEFAULT_VA_TARGET:
+        raise ValueError(f"`target` must be one of {TARGETS}. Received: target={target!r}")
+    return _DEFAULT_VA_TARGET[target]
+
+
 @dataclasses.dataclass
 class DatasetInfo:
     """What ``make_dataset`` built, for the training code and the run's records."""
@@ -66,18 +81,35 @@ class DatasetInfo:
     class_weights: dict
     dropped: dict
     tied_items: int = 0
+    subset: str | None = None
+    file_names_sha256: str = ""
     element_spec: object = None
+    file_names: object = None
 
     def to_dict(self):
         record = dataclasses.asdict(self)
         record.pop("element_spec")
+        record.pop("file_names")
         record["class_names"] = list(self.class_names)
         record["class_weights"] = {int(k): float(v) for k, v in self.class_weights.items()}
         return record
 
 
-def _prepared_builder(name, data_dir=None, manual_dir=None, config=None):
-    kwargs = {"config": config} if config is not None else {}
+class _SkipCustomConfigNotice(logging.Filter):
+    """TFDS logs "Using custom data configuration" whenever a configuration object is passed,
+    which this package does on purpose (another stored image size): not worth a warning."""
+
+    def filter(self, record):
+        return "Using custom data configuration" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_SkipCustomConfigNotice())
+
+
+def prepared_builder(name, data_dir=None, manual_dir=None, config=None):
+    """The TFDS builder of ``name`` (a ``BuilderConfig`` instance in ``config``, or a name
+    with its configuration), prepared from ``manual_dir`` first if it is not prepared yet."""
+    kwargs = {"config": config} if config is not None and not isinstance(config, str) else {}
     builder = tfds.builder(name, data_dir=data_dir, **kwargs)
     if not builder.is_prepared():
         config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
@@ -112,8 +144,8 @@ def _valid_va(values):
     return np.isfinite(values) & (values >= -1.0) & (values <= 1.0)
 
 
-def _expression_target(table, target, num_classes, tie_break, seed, dropped):
-    """Returns (targets, valid mask, class per row for weights/sampling, tied item count)."""
+def _expression_target(table, target, num_classes, dropped, fit_rows, ds_convergence):
+    """Returns (targets, valid mask, class per row for weights/sampling, tied-vote mask)."""
     single_key = {"original": "affectnet_expression", "true": "true_expression"}
     if target in ("original", "true"):
         key = single_key[target]
@@ -129,30 +161,37 @@ def _expression_target(table, target, num_classes, tie_break, seed, dropped):
         dropped["expression_not_a_label"] = int(np.sum((codes >= 8) | (codes < 0)))
         if num_classes == 7:
             dropped["expression_contempt"] = int(np.sum(codes == labels.CONTEMPT))
-        return np.where(valid, codes, -1), valid, np.where(valid, codes, -1), 0
+        no_ties = np.zeros(len(codes), bool)
+        return np.where(valid, codes, -1), valid, np.where(valid, codes, -1), no_ties
 
     answers = table["crowd_expression"].astype(np.int64)
-    tied = 0
+    names = table["file_name"]
     if num_classes == 7:
-        majority8 = crowd_layers.majority_vote(answers, 8, tie_break=tie_break, seed=seed)
+        majority8, _ = labels.majority_labels(answers, names, 8)
         contempt_items = majority8 == labels.CONTEMPT
         dropped["expression_majority_contempt"] = int(contempt_items.sum())
         answers = np.where(answers == labels.CONTEMPT, -1, answers)
         answers[contempt_items] = -1
     answered = (answers >= 0).any(axis=1)
     dropped["expression_no_answers"] = int((~answered).sum())
-    majority, info = crowd_layers.majority_vote(
-        answers, num_classes, tie_break=tie_break, seed=seed, return_info=True
-    )
-    tied = int(info["n_ties"])
+    majority, tied = labels.majority_labels(answers, names, num_classes)
     if target == "mv":
         values = majority
     elif target == "soft":
-        values = crowd_layers.vote_distribution(answers, num_classes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # unanswered rows: counted above
+            values = crowd_layers.vote_distribution(answers, num_classes)
         values = np.where(answered[:, None], np.nan_to_num(values), 0.0).astype(np.float32)
     elif target == "ds":
-        model = crowd_layers.DawidSkene(num_classes=num_classes).fit(answers)
-        values = np.where(answered[:, None], model.probas_, 0.0).astype(np.float32)
+        # fitted on the training rows' answers only; the other rows get its posteriors
+        fit = answers if fit_rows is None else answers[fit_rows]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # unanswered rows: counted above
+            model = crowd_layers.DawidSkene(
+                num_classes=num_classes, convergence=ds_convergence, max_iter=1000
+            ).fit(fit)
+        values = np.where(answered[:, None], model.predict_proba(answers), 0.0)
+        values = values.astype(np.float32)
     elif target == "cv":
         values = answers
     else:
@@ -196,10 +235,15 @@ def build_targets(
     target="mv",
     va_target=None,
     num_classes=8,
-    tie_break="random",
-    seed=0,
+    fit_rows=None,
+    ds_convergence="log_likelihood",
 ):
     """Computes the targets of a split from its label table.
+
+    Majority votes break ties by the file name (:func:`tfds_affectnet.labels.majority_labels`),
+    so no label depends on a seed. ``target="ds"``: Dawid-Skene is fitted on the answers of
+    ``fit_rows`` (a boolean mask; default all rows) until its log-likelihood converges
+    (``ds_convergence="crowdkit"`` stops as crowd-kit does), and every row gets its posterior.
 
     Returns:
         ``(targets, keep, classes, extras)``: ``targets`` an array or a dict of arrays (one row
@@ -232,14 +276,14 @@ def build_targets(
             )
     dropped, targets, valid = {}, {}, {}
     classes = np.full(len(table["file_name"]), -1, np.int64)
-    tied = 0
+    tied = np.zeros(len(classes), bool)
     if task in ("exp", "all"):
         if target in ("mean", "median"):
             raise ValueError(
                 f"Target {target!r} is for valence/arousal tasks. Received: task={task!r}"
             )
         targets["expression"], valid["expression"], classes, tied = _expression_target(
-            table, target, num_classes, tie_break, seed, dropped
+            table, target, num_classes, dropped, fit_rows, ds_convergence
         )
     dimensions = {"aro": ["arousal"], "val": ["valence"], "va": ["valence", "arousal"]}
     for dimension in dimensions.get(task, ["valence", "arousal"] if task == "all" else []):
@@ -250,27 +294,128 @@ def build_targets(
         keep = np.logical_and.reduce(list(valid.values()))
     if task != "all" and len(targets) == 1:
         targets = next(iter(targets.values()))
-    extras = {"dropped": {k: v for k, v in dropped.items() if v}, "tied_items": tied}
+    extras = {
+        "dropped": {k: v for k, v in dropped.items() if v},
+        "tied_items": int(tied.sum()),
+        "tied": tied,
+    }
     return targets, keep, classes, extras
 
 
-def _in_subset(file_names, subset, validation_fraction):
-    """Deterministic train / validation carving of a split by a hash of each file name."""
+SUBSETS = ("train", "selection", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """How one split is cut into the three data roles: ``train``, ``selection`` (the data that
+    picks the best epoch) and ``test`` (the data that is reported).
+
+    The cut is stratified by each image's 8-class majority vote (or its single label) and
+    seeded: the images are listed class by class, each class in an order shuffled with
+    ``seed`` (from file-name order), and every ``1 / fraction``-th image of that list goes to
+    the test set, then likewise to the selection set, so each role holds its share of every
+    class (within one image). The roles depend on the file names, the labels and ``seed``
+    only, never on the training seed, the task, the target or the order of the files. With
+    ``folds``, the list is dealt into ``folds`` folds in turn; fold ``fold`` is the test set
+    and ``selection`` of the rest the selection set.
+
+    Args:
+        selection: share of the split (of the non-test images with ``folds``) for selection.
+        test: share of the split for testing (0 when the test images come from elsewhere).
+        seed: seed of the cut.
+        folds: number of cross-validation folds (``None``: one cut).
+        fold: which fold is the test set, ``0 <= fold < folds``.
+    """
+
+    selection: float = 0.1
+    test: float = 0.2
+    seed: int = 0
+    folds: int | None = None
+    fold: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.selection < 1.0 or not 0.0 <= self.test < 1.0:
+            raise ValueError(
+                "The selection and test fractions must be in [0, 1). Received: "
+                f"selection={self.selection}, test={self.test}"
+            )
+        if self.folds is None and self.selection + self.test >= 1.0:
+            raise ValueError(
+                "The selection and test fractions leave no training images. Received: "
+                f"selection={self.selection}, test={self.test}"
+            )
+        if self.folds is not None and not (self.folds >= 2 and 0 <= self.fold < self.folds):
+            raise ValueError(
+                f"`folds` must be >= 2 and 0 <= fold < folds. Received: folds={self.folds}, "
+                f"fold={self.fold}"
+            )
+
+
+def _strata(table):
+    """Each row's class for the stratified cut: the 8-class majority vote, else the label."""
+    if "crowd_expression" in table:
+        answers = np.asarray(table["crowd_expression"], np.int64)
+        return labels.majority_labels(answers, table["file_name"], 8)[0]
+    for key in ("expression", "affectnet_expression", "true_expression"):
+        if key in table:
+            return np.asarray(table[key], np.int64)
+    return np.zeros(len(table["file_name"]), np.int64)
+
+
+def subset_mask(table, subset, partition=None):
+    """The rows of a label table that form ``subset`` of its split under ``partition``.
+
+    Args:
+        table: a label table (:func:`load_label_table`), with ``file_name``.
+        subset: ``None`` (every row), ``"train"``, ``"selection"`` or ``"test"``.
+        partition: a :class:`Partition` (default ``Partition()``).
+
+    Returns:
+        A boolean mask over the table's rows.
+    """
+    names = table["file_name"]
     if subset is None:
-        return np.ones(len(file_names), bool)
-    if subset not in ("train", "validation"):
-        raise ValueError(
-            f"`subset` must be None, 'train' or 'validation'. Received: subset={subset!r}"
-        )
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(
-            f"`validation_fraction` must be in (0, 1). Received: validation_fraction={validation_fraction}"
-        )
-    buckets = np.array(
-        [int(hashlib.md5(bytes(name)).hexdigest()[:8], 16) % 10000 for name in file_names]
+        return np.ones(len(names), bool)
+    if subset not in SUBSETS:
+        raise ValueError(f"`subset` must be None or one of {SUBSETS}. Received: subset={subset!r}")
+    partition = partition or Partition()
+    rng = np.random.default_rng(partition.seed)
+    strata = _strata(table)
+    # the rows class by class (classes in order), each class in a seeded random order
+    order = []
+    for stratum in np.unique(strata):
+        rows = np.flatnonzero(strata == stratum)
+        rows = rows[np.argsort(names[rows], kind="stable")]
+        order.append(rows[rng.permutation(len(rows))])
+    order = np.concatenate(order)
+    role = np.full(len(names), "train", object)
+    if partition.folds is None:
+        test = _systematic(len(order), partition.test, rng)
+        role[order[test]] = "test"
+        rest = order[~test]
+        fraction = partition.selection / (1.0 - partition.test)
+    else:
+        folds = (np.arange(len(order)) + rng.integers(partition.folds)) % partition.folds
+        role[order[folds == partition.fold]] = "test"
+        rest = order[folds != partition.fold]
+        fraction = partition.selection
+    role[rest[_systematic(len(rest), fraction, rng)]] = "selection"
+    return role == subset
+
+
+def _systematic(n, fraction, rng):
+    """Systematic sample: ``fraction`` of ``n`` positions, evenly spaced, random phase."""
+    phase = rng.random()
+    steps = np.floor((np.arange(n + 1) + phase) * fraction)
+    return np.diff(steps) > 0
+
+
+def names_digest(file_names):
+    """SHA-256 of the sorted file names (one per line): identifies a set of images."""
+    text = "\n".join(
+        sorted(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in file_names)
     )
-    in_validation = buckets < validation_fraction * 10000
-    return in_validation if subset == "validation" else ~in_validation
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _warp_transforms(seed, batch, input_size, output_size, max_rotation_degrees):
@@ -432,14 +577,14 @@ def crowd_answers(
     manual_dir=None,
     config=None,
     subset=None,
-    validation_fraction=0.1,
+    partition=None,
 ):
     """The expression answer matrix ``(N, R)`` (-1: no answer) of the images ``make_dataset``
     trains on with ``target="cv"``: the same split, subset and class set (with 7 classes,
     contempt answers are no answers). For aggregators, or to initialise crowd layers.
     """
     name, split = _split_name(name, split)
-    builder = _prepared_builder(name, data_dir=data_dir, manual_dir=manual_dir, config=config)
+    builder = prepared_builder(name, data_dir=data_dir, manual_dir=manual_dir, config=config)
     table = load_label_table(builder, split)
     if "crowd_expression" not in table:
         raise ValueError(
@@ -447,8 +592,31 @@ def crowd_answers(
             f"Received: name={name!r}"
         )
     answers, keep, _, _ = build_targets(table, task="exp", target="cv", num_classes=num_classes)
-    keep &= _in_subset(table["file_name"], subset, validation_fraction)
+    keep &= subset_mask(table, subset, partition)
     return np.asarray(answers)[keep]
+
+
+def _block_shuffle(dataset, block_size, seed):
+    """Shuffles ``(encoded, index)`` elements within consecutive blocks of ``block_size``,
+    each block by a stateless permutation keyed by ``(seed, block number)``: the order is a
+    function of the seed alone (TFDS stores examples in a shuffled order, so the blocks mix
+    well). ``Dataset.shuffle`` cannot take a per-epoch seed tensor inside ``flat_map``."""
+
+    def permute(block_number, block):
+        encoded, index = block
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(tf.shape(index)[0]), _mixed_seed(seed, block_number)
+        )
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.gather(encoded, order), tf.gather(index, order))
+        )
+
+    return dataset.batch(block_size).enumerate().flat_map(permute)
+
+
+def _mixed_seed(seed, key):
+    """A shape-[2] int64 stateless seed from the run's seed and a key (epoch or iteration)."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(key, tf.int64)])
 
 
 def make_dataset(
@@ -466,13 +634,15 @@ def make_dataset(
     manual_dir=None,
     config=None,
     subset=None,
-    validation_fraction=0.1,
+    partition=None,
     augment=None,
     class_balanced=False,
     seed=None,
-    tie_break="random",
+    epochs=None,
+    steps_per_epoch=None,
     shuffle_buffer=4096,
     drop_remainder=False,
+    ds_convergence="log_likelihood",
     return_info=False,
 ):
     """A batched, prefetched ``tf.data.Dataset`` of ``(image, targets)`` ready for ``model.fit``.
@@ -482,9 +652,10 @@ def make_dataset(
             ``"synthetic_faces/c25_dense"``).
         split: split name (``"train"``, ``"validation"``, ``"set1"`` ...).
         task: ``exp`` (expression), ``aro``, ``val``, ``va`` or ``all`` (dict of outputs).
-        target: expression target: ``mv`` (majority vote, class index), ``soft`` (vote
-            distribution), ``ds`` (Dawid-Skene posteriors), ``cv`` (the raw answer matrix,
-            -1 for no answer), ``original`` (AffectNet's own label), ``true`` (synthetic data).
+        target: expression target: ``mv`` (majority vote, class index; ties broken by the
+            file name), ``soft`` (vote distribution), ``ds`` (Dawid-Skene posteriors, fitted
+            on the training subset's answers), ``cv`` (the raw answer matrix, -1 for no
+            answer), ``original`` (AffectNet's own label), ``true`` (synthetic data).
             ``mean`` / ``median`` for valence/arousal tasks.
         va_target: valence/arousal target, ``mean``, ``median``, ``cv`` (NaN for no answer),
             ``original`` or ``true``; by default derived from ``target``.
@@ -498,29 +669,36 @@ def make_dataset(
             dataset is not prepared yet.
         config: a ``tfds.core.BuilderConfig`` instance for a custom configuration (another
             stored image size, for instance), instead of a config name in ``name``.
-        subset: ``None`` (the whole split), ``"train"`` or ``"validation"``: a held-out slice
-            of ``validation_fraction`` of the split chosen by a hash of the file name.
+        subset: ``None`` (the whole split), ``"train"``, ``"selection"`` or ``"test"``: a role
+            of a split cut by ``partition`` (:class:`Partition`, :func:`subset_mask`).
         class_balanced: resample to equal class frequencies (training only).
         seed: makes shuffling and augmentation deterministic.
-        tie_break: majority-vote tie rule (``random``, ``lowest``, ``prior``).
+        epochs: training only: ``stop`` or ``(start, stop)``. The dataset then holds exactly the
+            batches of epochs ``start .. stop - 1``, ``steps_per_epoch`` each (default: one
+            pass), and epoch ``e``'s order and augmentation depend on ``(seed, e)`` only, so a
+            run resumed at epoch ``start`` sees the batches an uninterrupted run saw. Without
+            ``epochs`` each iteration over the dataset is a new shuffled, augmented pass.
+        ds_convergence: Dawid-Skene's stopping rule for ``target="ds"``
+            (:class:`crowd_layers.DawidSkene`).
         return_info: also return a :class:`DatasetInfo`.
 
     Returns:
         The dataset, or ``(dataset, info)`` with ``return_info=True``.
     """
     name, split = _split_name(name, split)
-    builder = _prepared_builder(name, data_dir=data_dir, manual_dir=manual_dir, config=config)
+    builder = prepared_builder(name, data_dir=data_dir, manual_dir=manual_dir, config=config)
     table = load_label_table(builder, split)
+    in_subset = subset_mask(table, subset, partition)
+    fit_rows = None if subset is None else subset_mask(table, "train", partition)
     targets, keep, classes, extras = build_targets(
         table,
         task=task,
         target=target,
         va_target=va_target,
         num_classes=num_classes,
-        tie_break=tie_break,
-        seed=0 if seed is None else seed,
+        fit_rows=fit_rows,
+        ds_convergence=ds_convergence,
     )
-    in_subset = _in_subset(table["file_name"], subset, validation_fraction)
     keep &= in_subset
     if not keep.any():
         raise ValueError(
@@ -532,6 +710,8 @@ def make_dataset(
     weights = np.zeros(num_classes)
     weights[present] = counts[present].sum() / (present.sum() * counts[present])
     num_annotators = table["crowd_expression"].shape[1] if "crowd_expression" in table else None
+    num_examples = int(keep.sum())
+    seed = 0 if seed is None and epochs is not None else seed
 
     index = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
@@ -540,33 +720,26 @@ def make_dataset(
         default_value=-1,
     )
     keep_t = tf.constant(keep)
-    classes_t = tf.constant(classes)
+    classes_t = tf.constant(np.maximum(classes, 0))
+    # class-balanced sampling's acceptance probability of each class (absent classes: 0)
+    ratio = np.where(present, counts.sum() / (max(present.sum(), 1) * np.maximum(counts, 1)), 0.0)
+    accept_t = tf.constant((ratio / max(ratio.max(), 1e-12)).astype(np.float32))
     targets_t = tf.nest.map_structure(tf.constant, targets)
     augment = training if augment is None else augment
     stored_shape = builder.info.features["image"].shape
     stored_size = tuple(stored_shape[:2])  # (None, None) for images of varying size
 
-    read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=4)
-    dataset = builder.as_dataset(
+    # files in stored order (TFDS shuffles examples when it prepares a dataset); the order of
+    # an epoch comes from the shuffle buffer below, seeded per epoch
+    read_config = tfds.ReadConfig(interleave_cycle_length=4)
+    records = builder.as_dataset(
         split=split,
-        shuffle_files=training,
+        shuffle_files=False,
         read_config=read_config,
         decoders={"image": tfds.decode.SkipDecoding()},
     )
-    dataset = dataset.map(lambda ex: (ex["image"], index.lookup(ex["file_name"])))
-    dataset = dataset.filter(lambda encoded, i: tf.gather(keep_t, i))
-    if training:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if training and class_balanced:
-        dataset = dataset.rejection_resample(
-            lambda encoded, i: tf.cast(tf.gather(classes_t, i), tf.int32),
-            target_dist=np.where(present, 1.0 / present.sum(), 0.0).astype(np.float32),
-            # absent classes get a tiny initial mass so that target / initial is never 0 / 0
-            initial_dist=(
-                (counts + 1e-9 * ~present) / (counts.sum() + 1e-9 * (~present).sum())
-            ).astype(np.float32),
-            seed=seed,
-        ).map(lambda cls, element: element)
+    records = records.map(lambda ex: (ex["image"], index.lookup(ex["file_name"])))
+    records = records.filter(lambda encoded, i: tf.gather(keep_t, i))
 
     def _targets(i):
         return tf.nest.map_structure(lambda values: tf.gather(values, i), targets_t)
@@ -578,23 +751,67 @@ def make_dataset(
         image.set_shape([image_size, image_size, 3])
         return image, _targets(i)
 
-    dataset = dataset.map(
-        _load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None
-    )
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    if augment:
-        randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip(dataset, randoms).map(
-            lambda batch, random_seed: (augment_batch(batch[0], random_seed, image_size), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=seed is not None,
+    def one_pass(key):
+        """One shuffled, augmented pass; ``key`` (epoch or random draw) seeds it with ``seed``."""
+        dataset = records
+        pass_seeds = tf.random.experimental.stateless_split(_mixed_seed(seed or 0, key), 3)
+        if training:
+            dataset = _block_shuffle(dataset, shuffle_buffer, pass_seeds[0][0])
+        if training and class_balanced:
+            # rejection sampling: keep an image of class c with probability
+            # (target_c / share_c) / max_c(target_c / share_c), drawn statelessly per position
+            dataset = dataset.enumerate().filter(
+                lambda position, element: (
+                    tf.random.stateless_uniform([], _mixed_seed(pass_seeds[1][0], position))
+                    < tf.gather(accept_t, tf.gather(classes_t, element[1]))
+                )
+            )
+            dataset = dataset.map(lambda position, element: element)
+        dataset = dataset.map(
+            _load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None
         )
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        if augment:
+            dataset = dataset.enumerate().map(
+                lambda step, batch: (
+                    augment_batch(batch[0], _mixed_seed(pass_seeds[2][0], step), image_size),
+                    batch[1],
+                ),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=seed is not None,
+            )
+        return dataset
+
+    per_pass = (num_examples // batch_size) if drop_remainder else -(-num_examples // batch_size)
+    if epochs is not None:
+        if not training:
+            raise ValueError("`epochs` is for training datasets (training=True).")
+        start, stop = (0, epochs) if np.isscalar(epochs) else epochs
+        steps = int(steps_per_epoch or max(1, per_pass))
+        dataset = tf.data.Dataset.range(int(start), int(stop)).flat_map(
+            lambda epoch: one_pass(epoch).repeat().take(steps)
+        )
+        batches = (int(stop) - int(start)) * steps
+    elif training:
+        # a new pass per iteration: its key is drawn from a seeded random stream
+        dataset = (
+            tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            .take(1)
+            .flat_map(one_pass)
+        )
+        batches = None if class_balanced else per_pass
+    else:
+        dataset = one_pass(tf.constant(0, tf.int64))
+        batches = per_pass
+    if batches is not None:  # known length: Keras then neither guesses nor warns
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     options.deterministic = seed is not None or not training
     dataset = dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
     if not return_info:
         return dataset
+    names = table["file_name"][keep]
     info = DatasetInfo(
         name=name,
         split=split,
@@ -603,12 +820,15 @@ def make_dataset(
         va_target=va_target or _DEFAULT_VA_TARGET[target],
         num_classes=num_classes,
         class_names=labels.expression_names(num_classes),
-        num_examples=int(keep.sum()),
+        num_examples=num_examples,
         num_annotators=num_annotators,
         class_counts=counts.tolist(),
         class_weights={c: float(w) for c, w in enumerate(weights)},
         dropped=extras["dropped"],
-        tied_items=extras["tied_items"],
+        tied_items=int(extras["tied"][keep].sum()),
+        subset=subset,
+        file_names_sha256=names_digest(names),
         element_spec=dataset.element_spec,
+        file_names=names,
     )
     return dataset, info

@@ -11,7 +11,11 @@ confusion matrix and a per-class precision / recall / F1 table, valence-arousal 
 histograms, a grid of correctly and incorrectly classified images, the training curves of
 ``history.csv``, the learned annotator confusion matrices of crowd runs (beside the true
 simulated ones on ``synthetic_faces``), and, for splits with crowd answers, the model against
-single annotators (:mod:`affectnet_tf.agreement`).
+single annotators (:mod:`affectnet_tf.agreement`) and against AffectNet's original label.
+
+The model runs once over the evaluated images (:func:`predict_split`); each image's
+predictions are joined to the split's label table by its file name, and every section comes
+from them. This module computes; :func:`affectnet_tf.reports.evaluation_report` lays out.
 """
 
 import argparse
@@ -22,18 +26,20 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 import tensorflow_datasets as tfds
-import yaml
 
 from affectnet_tf import agreement, data, metrics, models, reports
+from affectnet_tf.config import DEFAULTS, RunConfig, data_roles, eval_targets
+from affectnet_tf.images import decode_image, resize_image
+from affectnet_tf.run_folder import read_run_config
 from tfds_affectnet import labels
 
 __all__ = [
     "REPORT_DIR",
-    "predict",
+    "predict_split",
     "compute_metrics",
     "split_agreement",
-    "build_report",
     "evaluate_model",
     "evaluate_run",
     "build_parser",
@@ -44,22 +50,24 @@ REPORT_DIR = "report"
 _EXAMPLES_PER_KIND = 8  # correct and incorrect images in the examples grid
 
 
-def predict(model, dataset, heads, keep_examples=0):
-    """Runs ``model`` over ``dataset`` of ``(images, targets)`` batches.
+def predict_split(model, dataset, heads, keep_examples=0):
+    """Runs ``model`` once over ``dataset`` of ``(images, targets)`` batches.
 
     Args:
         model: the prediction model (one output, or a dict keyed by head).
-        dataset: batches of ``(images, targets)``; targets a tensor for one head, else a dict.
+        dataset: batches of ``(images, targets)``; targets a tensor for one head, else a dict
+            (keys other than the heads, such as a row index, are collected too).
         heads: the heads to collect (a single-output model's output is ``heads[0]``; a
             dict-output model may have more).
         keep_examples: keep up to this many correctly and as many incorrectly classified
             images (expression only) for the examples grid.
 
     Returns:
-        ``(truths, predictions, examples)``: dicts ``{head: array}`` (valence/arousal
-        flattened to ``(N,)``) and ``examples`` ``{"images", "true", "predicted"}`` or None.
+        ``(truths, predictions, examples)``: ``truths`` ``{key: array}`` for every target key,
+        ``predictions`` ``{head: array}`` (valence/arousal flattened to ``(N,)``), and
+        ``examples`` ``{"images", "true", "predicted"}`` or None.
     """
-    truths = {head: [] for head in heads}
+    truths = {}
     predictions = {head: [] for head in heads}
     kept = {True: [], False: []}
     for images, targets in dataset:
@@ -68,13 +76,15 @@ def predict(model, dataset, heads, keep_examples=0):
             outputs = {heads[0]: outputs}
         if not isinstance(targets, dict):
             targets = {heads[0]: targets}
-        for head in heads:
-            truth, output = np.asarray(targets[head]), np.asarray(outputs[head])
-            if head != "expression":
-                truth, output = truth.reshape(len(truth), -1), output.reshape(-1)
+        for key, value in targets.items():
+            truth = np.asarray(value)
+            if key in heads and key != "expression":
+                truth = truth.reshape(len(truth), -1)
                 truth = truth[:, 0] if truth.shape[1] == 1 else truth
-            truths[head].append(truth)
-            predictions[head].append(output)
+            truths.setdefault(key, []).append(truth)
+        for head in heads:
+            output = np.asarray(outputs[head])
+            predictions[head].append(output if head == "expression" else output.reshape(-1))
         if keep_examples and "expression" in heads:
             truth = np.asarray(targets["expression"])
             if truth.ndim == 1:
@@ -84,7 +94,7 @@ def predict(model, dataset, heads, keep_examples=0):
                     good = bool(truth[k] == guess[k])
                     if len(kept[good]) < keep_examples:
                         kept[good].append((images[k], truth[k], guess[k]))
-    truths = {head: np.concatenate(values) for head, values in truths.items()}
+    truths = {key: np.concatenate(values) for key, values in truths.items()}
     predictions = {head: np.concatenate(values) for head, values in predictions.items()}
     chosen = kept[True] + kept[False]
     examples = None
@@ -135,79 +145,210 @@ def _head_metrics(head, truth, prediction, num_classes):
     return entry
 
 
-def _builder(name, data_dir=None, config=None):
-    kwargs = {"config": config} if config is not None and not isinstance(config, str) else {}
-    return tfds.builder(name, data_dir=data_dir, **kwargs)
+# ---------------------------------------------------------------------------------------------
+# The evaluated split: one pass of the model, joined to the split's label table by file name
 
 
-def split_agreement(model, heads, dataset_options, num_classes=8):
+def _builder(options):
+    """The TFDS builder of ``dataset_options``, prepared (from its ``manual_dir``) if needed."""
+    return data.prepared_builder(
+        options["name"],
+        data_dir=options.get("data_dir"),
+        manual_dir=options.get("manual_dir"),
+        config=options.get("config"),
+    )
+
+
+def _image_batches(builder, table, rows, targets, options):
+    """Batches of ``(images, targets)`` of the table's ``rows`` (a mask), read from the split.
+
+    The images are decoded and resized as :func:`affectnet_tf.make_dataset` does; ``targets``
+    ``{key: array over the table's rows}`` are joined to each image by its file name, so the
+    order in which the files are read does not matter.
+    """
+    names = table["file_name"]
+    index = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(names), tf.range(len(names), dtype=tf.int64)
+        ),
+        default_value=-1,
+    )
+    wanted = tf.constant(rows)
+    values = {key: tf.constant(value) for key, value in targets.items()}
+    image_size = int(options["image_size"])
+    stored_size = tuple(builder.info.features["image"].shape[:2])
+
+    def load(example):
+        i = index.lookup(example["file_name"])
+        image = decode_image(example["image"])
+        if stored_size != (image_size, image_size):
+            image = resize_image(image, image_size)
+        image.set_shape([image_size, image_size, 3])
+        return image, {key: tf.gather(value, i) for key, value in values.items()}
+
+    dataset = builder.as_dataset(
+        split=options["split"], shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+    )
+    dataset = dataset.filter(lambda example: tf.gather(wanted, index.lookup(example["file_name"])))
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(int(options["batch_size"])).prefetch(tf.data.AUTOTUNE)
+
+
+def _predict_rows(model, heads, builder, table, rows, options, targets=None, keep_examples=0):
+    """:func:`predict_split` over the images of the table's ``rows`` (a mask), in table order.
+
+    Returns:
+        ``(truths, predictions, examples)``; ``truths["row"]`` holds each image's table row.
+    """
+    targets = {**(targets or {}), "row": np.arange(len(rows), dtype=np.int64)}
+    batches = _image_batches(builder, table, rows, targets, options)
+    truths, predictions, examples = predict_split(model, batches, heads, keep_examples)
+    order = np.argsort(truths["row"], kind="stable")
+    truths = {key: value[order] for key, value in truths.items()}
+    predictions = {head: value[order] for head, value in predictions.items()}
+    return truths, predictions, examples
+
+
+def _evaluate_split(model, heads, task, builder, table, options, num_classes, keep_examples):
+    """The model once over the evaluated images and the images the agreement sections need.
+
+    Returns:
+        ``(truths, predictions, examples, rows, outputs)``: the evaluation targets and the
+        predictions of the images that have them, the examples grid, and every image's table
+        row with the predictions ``{head: array}`` of all the images the model saw.
+    """
+    targets, keep, _, extras = data.build_targets(
+        table,
+        task=task,
+        target=options["target"],
+        va_target=options.get("va_target"),
+        num_classes=num_classes,
+    )
+    in_subset = data.subset_mask(table, options.get("subset"), options.get("partition"))
+    keep &= in_subset
+    if not keep.any():
+        raise ValueError(
+            f"No examples left in {options['name']}/{options['split']} "
+            f"(subset={options.get('subset')}) for task={task!r}, "
+            f"target={options['target']!r}; dropped: {extras['dropped']}"
+        )
+    targets = dict(targets) if isinstance(targets, dict) else {heads[0]: targets}
+    if "expression" in targets and np.ndim(targets["expression"]) == 1:
+        # the examples grid shows evaluated images only
+        targets["expression"] = np.where(keep, targets["expression"], -1)
+    needed = keep | (in_subset & _agreement_rows(table, heads, num_classes))
+    truths, outputs, examples = _predict_rows(
+        model, heads, builder, table, needed, options, targets, keep_examples
+    )
+    rows = truths.pop("row")
+    scored = keep[rows]
+    truths = {head: value[scored] for head, value in truths.items()}
+    predictions = {head: value[scored] for head, value in outputs.items()}
+    return truths, predictions, examples, rows, outputs
+
+
+def _crowd_answers(table, heads, num_classes):
+    """``({head: (N, R) answers}, rows with answers)`` of the model's heads (target ``cv``)."""
+    task = {tuple(h): t for t, h in models.TASK_HEADS.items()}.get(tuple(heads), "all")
+    answers, answered, _, _ = data.build_targets(
+        table, task=task, target="cv", va_target="cv", num_classes=num_classes
+    )
+    return (answers if isinstance(answers, dict) else {heads[0]: answers}), answered
+
+
+def _original_labels(table, num_classes):
+    """``(codes, rows with a label, dropped counts)`` of AffectNet's original labels."""
+    codes, known, _, extras = data.build_targets(
+        table, task="exp", target="original", num_classes=num_classes
+    )
+    return codes, known, extras["dropped"]
+
+
+def _has_original(table, heads):
+    return "crowd_expression" in table and "expression" in heads and "affectnet_expression" in table
+
+
+def _agreement_rows(table, heads, num_classes):
+    """The rows :func:`split_agreement` scores: crowd answers, or AffectNet's label."""
+    rows = np.zeros(len(table["file_name"]), bool)
+    if "crowd_expression" in table:
+        rows |= _crowd_answers(table, heads, num_classes)[1]
+    if _has_original(table, heads):
+        rows |= _original_labels(table, num_classes)[1]
+    return rows
+
+
+def split_agreement(table, rows, predictions, options, num_classes=8):
     """Model against single annotators on a split with crowd answers, or None without them.
 
     Args:
-        model: the prediction model.
-        heads: its heads.
-        dataset_options: :func:`affectnet_tf.make_dataset` arguments of the evaluated split
-            (``name``, ``split``, ``subset``, ``image_size``, ``batch_size``, ``data_dir``,
-            ``config``, ``validation_fraction``).
+        table: the split's label table (:func:`affectnet_tf.data.load_label_table`).
+        rows: the table row of each prediction (images of the evaluated subset).
+        predictions: ``{head: array}`` of the model on those images (:func:`predict_split`).
+        options: :func:`affectnet_tf.make_dataset` arguments of the evaluated split
+            (``subset``, ``partition``).
         num_classes: the model's number of classes.
 
     Returns:
-        :func:`affectnet_tf.agreement.annotator_agreement`'s dict, with each annotator's and
-        the model's agreement with AffectNet's original label where the split has it; None
-        when the split has no crowd answers.
+        :func:`affectnet_tf.agreement.annotator_agreement`'s dict on the predicted images with
+        crowd answers, majority-vote ties broken by the file name as in training, with each
+        annotator's and the model's agreement with AffectNet's original label where the split
+        has it; None when none of the predicted images has crowd answers.
     """
-    options = dict(dataset_options)
-    builder = _builder(options["name"], options.get("data_dir"), options.get("config"))
-    if "crowd_expression" not in builder.info.features:
+    if "crowd_expression" not in table:
         return None
-    task = {
-        ("expression",): "exp",
-        ("valence",): "val",
-        ("arousal",): "aro",
-        ("valence", "arousal"): "va",
-    }.get(tuple(heads), "all")
-    common = dict(options, num_classes=num_classes)
-    crowd_ds = data.make_dataset(task=task, target="cv", va_target="cv", **common)
-    truths, predictions, _ = predict(model, crowd_ds, heads)
+    heads = list(predictions)
+    answers, answered = _crowd_answers(table, heads, num_classes)
+    scored = answered[rows]
+    if not scored.any():
+        return None
+    at = rows[scored]
+    crowd = {head: answers[head][at] for head in answers}
+    model = {head: value[scored] for head, value in predictions.items()}
     result = agreement.annotator_agreement(
-        truths.get("expression"),
-        crowd_valence=truths.get("valence"),
-        crowd_arousal=truths.get("arousal"),
-        model_expression=predictions.get("expression"),
-        model_valence=predictions.get("valence"),
-        model_arousal=predictions.get("arousal"),
+        crowd.get("expression"),
+        crowd_valence=crowd.get("valence"),
+        crowd_arousal=crowd.get("arousal"),
+        model_expression=model.get("expression"),
+        model_valence=model.get("valence"),
+        model_arousal=model.get("arousal"),
         num_classes=num_classes,
+        file_names=table["file_name"][at],
     )
-    if "expression" in heads and "affectnet_expression" in builder.info.features:
-        _add_original(result, model, builder, common, num_classes)
+    if _has_original(table, heads):
+        _add_original(
+            result, table, options, rows, predictions["expression"].argmax(axis=1), num_classes
+        )
     return result
 
 
-def _add_original(result, model, builder, options, num_classes):
-    """Each annotator (from the label table) and the model against AffectNet's label."""
-    table = data.load_label_table(builder, options["split"])
-    rows = data._in_subset(
-        table["file_name"], options.get("subset"), options.get("validation_fraction", 0.1)
-    )
+def _add_original(result, table, options, predicted_rows, guesses, num_classes):
+    """Each annotator (from the label table) and the model (its ``guesses`` on the table's
+    ``predicted_rows``) against AffectNet's label."""
+    rows = data.subset_mask(table, options.get("subset"), options.get("partition"))
     answers = table["crowd_expression"][rows].astype(np.int64)
     if num_classes == 7:
         answers = np.where(answers == labels.CONTEMPT, -1, answers)
     human = agreement.annotator_agreement(
-        answers, original_expression=table["affectnet_expression"][rows], num_classes=num_classes
+        answers,
+        original_expression=table["affectnet_expression"][rows],
+        num_classes=num_classes,
+        file_names=table["file_name"][rows],
     )
-    try:
-        original_ds = data.make_dataset(task="exp", target="original", **options)
-    except ValueError as error:  # no image of the split has an original label
-        result["original_note"] = str(error)
+    codes, known, dropped = _original_labels(table, num_classes)
+    labelled = known[predicted_rows]
+    if not labelled.any():  # no evaluated image has an original label
+        result["original_note"] = (
+            f"No evaluated image has an original label (subset={options.get('subset')}); "
+            f"dropped: {dropped}"
+        )
         return
-    truths, predictions, _ = predict(model, original_ds, ["expression"])
-    truth, guess = truths["expression"], predictions["expression"].argmax(axis=1)
-    keep = truth >= 0
+    truth, guess = codes[predicted_rows[labelled]], guesses[labelled]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         model_vs = {
-            "accuracy": metrics.accuracy(truth[keep], guess[keep]),
-            "f1_macro": metrics.f1(truth[keep], guess[keep], "macro"),
+            "accuracy": metrics.accuracy(truth, guess),
+            "f1_macro": metrics.f1(truth, guess, "macro"),
         }
     result["model_vs_original"] = model_vs
     for row, human_row in zip(result["annotators"], human["annotators"]):
@@ -224,6 +365,10 @@ def _add_original(result, model, builder, options, num_classes):
         result["summary"]["original_accuracy"] = entry
 
 
+# ---------------------------------------------------------------------------------------------
+# The report's figures
+
+
 def _simulated_annotators(dataset_name, builder):
     """The true simulated annotators of synthetic_faces (``expression_confusion`` ``(R, 8, 8)``,
     ``valence_scale`` ...), or None for other datasets."""
@@ -236,160 +381,44 @@ def _simulated_annotators(dataset_name, builder):
     return simulated_annotators(builder.builder_config)
 
 
-def _metric_rows(result):
-    rows = []
-    for head, values in result.items():
-        for key, value in values.items():
-            rows.append([head, key, value])
-    return rows
-
-
-def build_report(
-    *,
-    title,
-    result,
-    truths,
-    predictions,
-    examples,
-    class_names,
-    history=None,
-    annotators=None,
-    simulated=None,
-    agreement_result=None,
-    notes=None,
-):
-    """The :class:`affectnet_tf.reports.Report` of an evaluation (see the module docstring)."""
-    report = reports.Report(title)
-    report.section("Metrics")
-    report.table(["head", "metric", "value"], _metric_rows(result))
-    for head, messages in (notes or {}).items():
-        for message in messages:
-            report.text(f"Note ({head}): {message}")
-    num_classes = len(class_names)
-    if "expression" in truths:
-        truth, probabilities = truths["expression"], predictions["expression"]
-        report.section("Expression")
-        guess = probabilities.argmax(axis=1)
-        matrix = metrics.confusion_matrix(truth, guess, num_classes)
-        report.figure(
-            "confusion_matrix",
-            reports.plot_confusion_matrix(matrix, class_names),
-            "Normalised confusion matrix (each row sums to 1; counts beside the class names).",
-        )
-        per_class = metrics.per_class_report(truth, guess, num_classes)
-        report.table(
-            ["class", "precision", "recall", "F1", "support"],
-            [
-                [
-                    name,
-                    per_class["precision"][k],
-                    per_class["recall"][k],
-                    per_class["f1"][k],
-                    int(per_class["support"][k]),
-                ]
-                for k, name in enumerate(class_names)
-            ],
-        )
-        if examples is not None:
-            report.figure(
-                "examples",
-                reports.plot_examples(
-                    examples["images"], examples["true"], examples["predicted"], class_names
-                ),
-                "Correctly (green) and incorrectly (red) classified images.",
-            )
-    dimensions = [d for d in ("valence", "arousal") if d in truths]
-    if dimensions:
-        report.section("Valence and arousal")
-        va_truth = {d: truths[d] for d in dimensions}
-        va_pred = {d: predictions[d] for d in dimensions}
-        report.figure(
-            "valence_arousal",
-            reports.plot_va(va_truth, va_pred),
-            "Predicted against true (hexbin densities above "
-            f"{reports.DENSITY_THRESHOLD} images), and the circumplex.",
-        )
-        report.figure(
-            "valence_arousal_errors",
-            reports.plot_va_errors(va_truth, va_pred),
-            "Prediction errors.",
-        )
-    if history is not None and len(history):
-        report.section("Training curves")
-        report.figure("history", reports.plot_history(history), "From history.csv.")
-    if annotators:
-        report.section("Annotators (crowd layers)")
-        if "expression_confusions" in annotators:
-            learned = np.asarray(annotators["expression_confusions"])
-            true = None
-            if simulated is not None and "expression_confusion" in simulated:
-                confusions = np.asarray(simulated["expression_confusion"], np.float64)
-                if confusions.shape == learned.shape:
-                    true = confusions
-                else:
-                    report.text(
-                        f"The simulated confusions {confusions.shape} do not match the learned "
-                        f"ones {learned.shape} (a 7-class run?); only the learned ones are shown."
-                    )
-            report.figure(
-                "annotator_confusions",
-                reports.plot_annotator_confusions(learned, class_names, true=true),
-                "Learned annotator confusion matrices"
-                + (" beside the true simulated ones" if true is not None else "")
-                + " (colour: probability, 0 dark to 1 yellow).",
-            )
-        va_rows = []
-        for dimension in ("valence", "arousal"):
-            for part in ("scale", "bias"):
-                key = f"{dimension}_{part}"
-                if key in annotators:
-                    values = np.asarray(annotators[key], np.float64)
-                    row = [key, values.mean(), values.min(), values.max(), int(values.argmin())]
-                    true = None if simulated is None else simulated.get(key)
-                    if true is not None and np.shape(true) == values.shape:
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore", RuntimeWarning)
-                            row.append(metrics.pearson(np.asarray(true, np.float64), values))
-                    elif simulated is not None:
-                        row.append(None)
-                    va_rows.append(row)
-        if va_rows:
-            header = ["parameter", "mean", "min", "max", "annotator of min"]
-            if simulated is not None:
-                header.append("correlation with the true simulated value")
-            report.table(header, va_rows)
-    if agreement_result is not None:
-        report.section("The model against single annotators")
-        crowd = agreement_result["crowd"]
-        report.text(
-            f"{agreement_result['n_items']} images, {agreement_result['n_annotators']} "
-            "annotators. Each annotator is scored against the majority (mean for valence and "
-            "arousal) of the other annotators; the model against the same references on the "
-            "same images. Crowd agreement: "
-            + ", ".join(f"{k} {reports._cell(v)}" for k, v in crowd.items())
-        )
-        rows = []
-        for key, entry in agreement_result["summary"].items():
-            rows.append(
-                [
-                    key,
-                    entry["mean"],
-                    entry["min"],
-                    entry["max"],
-                    entry.get("model"),
-                    entry.get("model_above"),
-                ]
-            )
-        report.table(
-            ["figure", "annotators mean", "min", "max", "model", "share of annotators below"],
-            rows,
-        )
-        report.figure(
-            "agreement",
-            reports.plot_agreement(agreement_result),
-            "Annotators (dots, box) and the model (star).",
-        )
-    return report
+def _annotator_figures(annotators, simulated):
+    """The learned annotators of a crowd run beside the true simulated ones, as
+    :func:`affectnet_tf.reports.evaluation_report` lays them out."""
+    figures = {"confusions": None, "true_confusions": None, "note": None, "parameters": []}
+    figures["simulated"] = simulated is not None
+    if "expression_confusions" in annotators:
+        learned = np.asarray(annotators["expression_confusions"])
+        figures["confusions"] = learned
+        if simulated is not None and "expression_confusion" in simulated:
+            confusions = np.asarray(simulated["expression_confusion"], np.float64)
+            if confusions.shape == learned.shape:
+                figures["true_confusions"] = confusions
+            else:
+                figures["note"] = (
+                    f"The simulated confusions {confusions.shape} do not match the learned "
+                    f"ones {learned.shape} (a 7-class run?); only the learned ones are shown."
+                )
+    for dimension in ("valence", "arousal"):
+        for part in ("scale", "bias"):
+            key = f"{dimension}_{part}"
+            if key not in annotators:
+                continue
+            values = np.asarray(annotators[key], np.float64)
+            row = {
+                "parameter": key,
+                "mean": values.mean(),
+                "min": values.min(),
+                "max": values.max(),
+                "annotator_of_min": int(values.argmin()),
+                "correlation": None,
+            }
+            true = None if simulated is None else simulated.get(key)
+            if true is not None and np.shape(true) == values.shape:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    row["correlation"] = metrics.pearson(np.asarray(true, np.float64), values)
+            figures["parameters"].append(row)
+    return figures
 
 
 def _read_history(run_dir):
@@ -407,9 +436,47 @@ def _read_annotators(run_dir):
         return {key: stored[key] for key in stored.files}
 
 
+def _report(
+    *,
+    title,
+    result,
+    notes,
+    truths,
+    predictions,
+    examples,
+    class_names,
+    run_dir,
+    simulated,
+    agreement_result,
+):
+    """The :class:`affectnet_tf.reports.Report` of an evaluation (see the module docstring)."""
+    expression = {}
+    if "expression" in truths:
+        truth, guess = truths["expression"], predictions["expression"].argmax(axis=1)
+        expression = {
+            "confusion": metrics.confusion_matrix(truth, guess, len(class_names)),
+            "per_class": metrics.per_class_report(truth, guess, len(class_names)),
+            "examples": examples,
+        }
+    dimensions = [d for d in ("valence", "arousal") if d in truths]
+    annotators = _read_annotators(run_dir)
+    return reports.evaluation_report(
+        title=title,
+        metrics=result,
+        class_names=class_names,
+        notes=notes,
+        **expression,
+        va_truth={d: truths[d] for d in dimensions},
+        va_predictions={d: predictions[d] for d in dimensions},
+        history=_read_history(run_dir),
+        annotators=_annotator_figures(annotators, simulated) if annotators else None,
+        agreement=agreement_result,
+    )
+
+
 def evaluate_model(
     model,
-    dataset,
+    dataset=None,
     *,
     output_dir=None,
     run_dir=None,
@@ -419,18 +486,27 @@ def evaluate_model(
     report=True,
     extra=None,
 ):
-    """Evaluates ``model`` on ``dataset`` and writes ``metrics.json`` and the report folder.
+    """Evaluates ``model`` and writes ``metrics.json`` and the report folder.
+
+    The model runs once. With ``dataset_options`` naming the evaluation ``target`` (and
+    ``va_target``), it runs over the evaluated images of the split, read here and joined to
+    the split's label table by file name, and every section (the metrics, the model against
+    single annotators, AffectNet's label) comes from those predictions. With a ``dataset``,
+    the metrics come from it; ``dataset_options`` without a target then add the sections of the
+    label table from a second pass over the images they need (pass ``dataset=None`` and the
+    target instead to run the model once).
 
     Args:
         model: the prediction model (built by :func:`affectnet_tf.build_model`).
-        dataset: batches of ``(images, targets)`` (class indices for expression).
+        dataset: batches of ``(images, targets)`` (class indices for expression), or None.
         output_dir: where ``metrics.json`` and ``report/`` go; None writes nothing.
         run_dir: the run folder with ``history.csv`` and ``annotators.npz`` (default:
             ``output_dir``).
         dataset_options: :func:`affectnet_tf.make_dataset` arguments of the evaluated split
-            (``name``, ``split``, ``subset``, ``image_size``, ``batch_size``, ``data_dir``,
-            ``config``, ``validation_fraction``): enables the human-agreement section on splits
-            with crowd answers, and the true annotators of synthetic_faces.
+            (``name``, ``split``, ``subset``, ``partition``, ``image_size``, ``batch_size``,
+            ``data_dir``, ``config``, ``manual_dir``, and ``target`` / ``va_target``, the
+            evaluation targets): enables the human-agreement section on splits with crowd
+            answers, and the true annotators of synthetic_faces.
         split, subset: recorded in ``metrics.json``.
         report: also write the report.
         extra: further JSON-able entries for ``metrics.json``.
@@ -439,26 +515,50 @@ def evaluate_model(
         The per-head metrics (``{head: {metric: value}}``); ``metrics.json`` holds them with
         ``split``, ``subset``, ``agreement`` and ``extra``.
     """
+    options = dict(dataset_options or {})
+    if dataset is None and "target" not in options:
+        raise ValueError(
+            "evaluate_model needs a `dataset`, or `dataset_options` with the evaluation "
+            f"`target`. Received: dataset=None, dataset_options={dataset_options!r}"
+        )
+    if dataset is not None and "target" in options:
+        raise ValueError(
+            "With the evaluation `target` in `dataset_options` the model runs over the split "
+            "itself: pass dataset=None. Received: a dataset and "
+            f"target={options['target']!r}"
+        )
     metadata = models.model_metadata(model)
     heads = list(metadata["outputs"])
     num_classes = int(metadata["num_classes"])
     class_names = list(metadata["class_names"])
     run_dir = run_dir or output_dir
-    truths, predictions, examples = predict(
-        model, dataset, heads, keep_examples=_EXAMPLES_PER_KIND if report else 0
-    )
+    keep_examples = _EXAMPLES_PER_KIND if report else 0
+    builder = table = rows = outputs = None
+    if dataset is None:
+        builder = _builder(options)
+        table = data.load_label_table(builder, options["split"])
+        truths, predictions, examples, rows, outputs = _evaluate_split(
+            model, heads, metadata["task"], builder, table, options, num_classes, keep_examples
+        )
+    else:
+        truths, predictions, examples = predict_split(model, dataset, heads, keep_examples)
     notes = {}
     result = compute_metrics(truths, predictions, num_classes, notes)
     if output_dir is None:
         return result
-    agreement_result = None
-    simulated = None
-    if dataset_options is not None:
-        agreement_result = split_agreement(model, heads, dataset_options, num_classes)
-        builder = _builder(
-            dataset_options["name"], dataset_options.get("data_dir"), dataset_options.get("config")
-        )
-        simulated = _simulated_annotators(dataset_options["name"], builder)
+    agreement_result = simulated = None
+    if options:
+        if table is None:  # the dataset has no file names: the images the agreement needs
+            builder = _builder(options)
+            table = data.load_label_table(builder, options["split"])
+            needed = _agreement_rows(table, heads, num_classes)
+            needed &= data.subset_mask(table, options.get("subset"), options.get("partition"))
+            if needed.any():
+                seen, outputs, _ = _predict_rows(model, heads, builder, table, needed, options)
+                rows = seen["row"]
+        if rows is not None:
+            agreement_result = split_agreement(table, rows, outputs, options, num_classes)
+        simulated = _simulated_annotators(options["name"], builder)
     record = {"split": split, "subset": subset, **(extra or {}), **result}
     if notes:
         record["notes"] = notes
@@ -469,22 +569,21 @@ def evaluate_model(
         json.dump(_json_ready(record), stream, indent=2)
     if report:
         title = f"Evaluation of {metadata.get('backbone', model.name)}"
-        if dataset_options is not None:
-            title += f" on {dataset_options['name']} {dataset_options['split']}"
-            if dataset_options.get("subset"):
-                title += f" ({dataset_options['subset']})"
-        built = build_report(
+        if options:
+            title += f" on {options['name']} {options['split']}"
+            if options.get("subset"):
+                title += f" ({options['subset']})"
+        built = _report(
             title=title,
             result=result,
+            notes=notes,
             truths=truths,
             predictions=predictions,
             examples=examples,
             class_names=class_names,
-            history=_read_history(run_dir),
-            annotators=_read_annotators(run_dir),
+            run_dir=run_dir,
             simulated=simulated,
             agreement_result=agreement_result,
-            notes=notes,
         )
         built.save(os.path.join(output_dir, REPORT_DIR))
     return result
@@ -518,16 +617,16 @@ def evaluate_run(
 ):
     """Evaluates the saved model of a run folder (``model.keras`` + ``config.yaml``).
 
-    Defaults come from the run's ``config.yaml``: the dataset and its evaluation split
-    (:func:`affectnet_tf.train.resolve_dataset`), data folder, stored image size, image size,
-    targets. ``--split`` equal to an affectnet_c25 training set evaluates its held-out slice.
+    Defaults come from the run's ``config.yaml``: the dataset and its test data
+    (:func:`affectnet_tf.config.data_roles`), data folder, stored image size, image size,
+    targets. ``split`` (and ``subset``, a role of the split's cut: ``train``, ``selection``,
+    ``test``, or ``all``) evaluates other data; data that overlaps the run's training or
+    selection images is refused.
 
     Returns:
         The per-head metrics; ``metrics.json`` and ``report/`` are written to ``output_dir``
         (default: the run folder).
     """
-    from affectnet_tf import train as train_module
-
     model_dir = os.path.abspath(model_dir)
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"The run folder {model_dir} does not exist.")
@@ -537,10 +636,11 @@ def evaluate_run(
             f"No trained model in the run folder: {model_path} does not exist (an unfinished run?)."
         )
     config_path = os.path.join(model_dir, "config.yaml")
-    config = dict(train_module.DEFAULTS)
-    if os.path.exists(config_path):
-        with open(config_path) as stream:
-            config.update(yaml.safe_load(stream) or {})
+    settings = read_run_config(config_path) if os.path.exists(config_path) else {}
+    unknown = sorted(set(settings) - set(DEFAULTS))
+    if unknown:
+        print(f"Ignoring settings of an older version in {config_path}: {unknown}")
+    settings = {key: value for key, value in settings.items() if key in DEFAULTS}
     model = models.load_model(model_path)
     metadata = models.model_metadata(model)
     if num_classes is not None and int(num_classes) != int(metadata["num_classes"]):
@@ -549,47 +649,45 @@ def evaluate_run(
             f"with num_classes={num_classes}."
         )
     num_classes = int(metadata["num_classes"])
-    if dataset is not None and dataset != config["dataset"]:
-        config.update(dataset=dataset, split=None, eval_split=None)
+    if dataset is not None and dataset != settings.get("dataset"):
+        settings.update(dataset=dataset, split=None, val_split=None, eval_split=None)
     if split is not None:
-        config["eval_split"] = split
+        settings["eval_split"] = split if subset in (None, "all") else f"{split}:{subset}"
+    elif subset is not None:
+        raise ValueError("--subset needs --split (evaluate SPLIT:SUBSET).")
     if data_dir is not None:
-        config["data_dir"] = data_dir
-    name, tfds_config, _, (eval_split, eval_subset) = train_module.resolve_dataset(config)
-    if subset is not None:
-        eval_subset = None if subset == "all" else subset
-    if isinstance(tfds_config, str):
-        name, tfds_config = f"{name}/{tfds_config}", None
-    exp_target, default_va = train_module._eval_targets(config)
+        settings["data_dir"] = data_dir
+    config = RunConfig.from_dict({**settings, "output_dir": model_dir})
+    roles = data_roles(config)
+    test = roles.test
+    exp_target, default_va = eval_targets(config)
     image_size = int(metadata["image_size"])
+    eval_split, eval_subset = test.split, test.subset
     options = dict(
-        name=name,
+        name=roles.dataset_name,
         split=eval_split,
         subset=eval_subset,
+        partition=roles.partition_of(test, config.partition),
         image_size=image_size,
-        batch_size=int(batch_size or config["batch_size"]),
-        data_dir=config["data_dir"],
-        config=tfds_config,
-        validation_fraction=config["validation_fraction"],
+        batch_size=int(batch_size or config.batch_size),
+        data_dir=config.data_dir,
+        config=roles.builder_config,
     )
-    eval_ds = data.make_dataset(
-        task=metadata["task"],
+    dataset_options = dict(
+        options,
         target=target or exp_target,
         va_target=va_target or default_va,
-        num_classes=num_classes,
-        manual_dir=config.get("manual_dir"),
-        **options,
+        manual_dir=config.manual_dir,
     )
     return evaluate_model(
         model,
-        eval_ds,
         output_dir=output_dir or model_dir,
         run_dir=model_dir,
-        dataset_options=options,
+        dataset_options=dataset_options,
         split=eval_split,
         subset=eval_subset,
         report=report,
-        extra={"dataset": name, "target": target or exp_target},
+        extra={"dataset": roles.dataset_name, "target": target or exp_target},
     )
 
 
@@ -600,11 +698,11 @@ def build_parser():
     )
     parser.add_argument("--model-dir", required=True, help="run folder holding model.keras")
     parser.add_argument("--dataset", help="TFDS dataset (default: the run's)")
-    parser.add_argument("--split", help="split (default: the run's evaluation split)")
+    parser.add_argument("--split", help="split (default: the run's test data)")
     parser.add_argument(
         "--subset",
-        choices=("train", "validation", "all"),
-        help="slice of an affectnet_c25 set (default: the held-out slice of the training set)",
+        choices=data.SUBSETS + ("all",),
+        help="subset of --split's cut (train, selection, test) or all of it (default: all)",
     )
     parser.add_argument(
         "--num-classes", type=int, choices=(8, 7), help="must match the model (default: model's)"

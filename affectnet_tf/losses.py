@@ -2,12 +2,18 @@
 
 Missing markers: ``-1`` for a class index, an all-zero row for a distribution, ``NaN`` for a
 valence/arousal value (the markers of :func:`affectnet_tf.data.make_dataset` for ``task="all"``).
-With the default ``"sum_over_batch_size"`` reduction the sum over the observed labels is divided
-by the batch size (as Keras does, so the loss is right on several replicas).
+
+One reduction rule for every masked loss of the package, these and ``crowd_layers``' alike: the
+loss of a batch is the sum over its observed labels divided by their number (never by the batch
+size, which would shrink the loss of a batch with missing labels), computed over the global
+batch under ``tf.distribute`` (:func:`crowd_layers.losses.mean_over_observed`). A batch without
+an observed label gives 0.
 """
 
 import keras
 from keras import ops
+
+from crowd_layers.losses import mean_over_observed
 
 __all__ = [
     "MaskedSparseCategoricalCrossentropy",
@@ -55,7 +61,7 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
             loss = loss * ops.take(
                 ops.convert_to_tensor(self.class_weights, y_pred.dtype), ops.maximum(labels, 0)
             )
-        return loss
+        return mean_over_observed(loss, observed > 0)
 
     def get_config(self):
         config = super().get_config()
@@ -99,7 +105,7 @@ class MaskedCategoricalCrossentropy(keras.losses.Loss):
         if self.class_weights is not None:
             target = target * ops.convert_to_tensor(self.class_weights, y_pred.dtype)
         log_p = ops.log(ops.clip(y_pred, 1e-7, 1.0))
-        return -ops.sum(target * log_p, axis=-1) * observed
+        return mean_over_observed(-ops.sum(target * log_p, axis=-1) * observed, observed > 0)
 
     def get_config(self):
         config = super().get_config()
@@ -127,4 +133,4 @@ class MaskedMeanSquaredError(keras.losses.Loss):
         y_pred = ops.reshape(y_pred, (-1,))
         observed = ops.logical_not(ops.isnan(y_true))
         diff = ops.where(observed, y_pred - ops.where(observed, y_true, 0.0), 0.0)
-        return ops.square(diff)
+        return mean_over_observed(ops.square(diff), observed)

@@ -10,9 +10,13 @@ are ignored. ``y_pred`` of the label metrics may be class indices or probabiliti
 (argmax taken). Where a metric is undefined (one class only, constant predictions, no example)
 the value is NaN **and** a ``RuntimeWarning`` says why; nothing returns NaN silently.
 
-Each function equals scikit-learn's (``accuracy_score``, ``balanced_accuracy_score``,
-``f1_score``, ``cohen_kappa_score``, ``roc_auc_score(multi_class="ovr")``,
-``average_precision_score``) or the ``krippendorff`` package's value; the tests check that.
+The label metrics are computed by ``sklearn.metrics`` (``accuracy_score``,
+``balanced_accuracy_score``, ``f1_score``, ``cohen_kappa_score``, ``confusion_matrix``,
+``precision_recall_fscore_support``, and ``roc_auc_score`` / ``average_precision_score`` per
+class for the one-vs-rest averages), Pearson's correlation by ``scipy.stats.pearsonr``; this
+module adds the conventions above (missing labels, the classes left out, NaN with a warning)
+and Krippendorff's alpha (:func:`crowd_layers.krippendorff_alpha`). The tests check the values
+against scikit-learn's multi-class calls and the ``krippendorff`` package.
 
 Reference: A. Mollahosseini, B. Hasani, M. H. Mahoor, "AffectNet: A Database for Facial
 Expression, Valence, and Arousal Computing in the Wild", IEEE Trans. Affective Computing 10(1),
@@ -24,6 +28,8 @@ import warnings
 import keras
 import numpy as np
 from keras import ops
+from scipy import stats
+from sklearn import metrics as sk_metrics
 
 import crowd_layers
 
@@ -113,6 +119,14 @@ def _probabilities(y_true, probabilities, num_classes):
     return y_true[keep], probabilities[keep]
 
 
+def _sklearn(function, *args, **kwargs):
+    """A ``sklearn.metrics`` function with its warnings silenced: the undefined cases are
+    checked, warned about and set to NaN here, by the module's own rule."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(function(*args, **kwargs))
+
+
 def confusion_matrix(y_true, y_pred, num_classes=None):
     """Counts ``C[i, j]`` of true class ``i`` predicted as ``j`` (rows true, columns predicted)."""
     y_true, y_pred = _labels(y_true, y_pred)
@@ -124,9 +138,7 @@ def confusion_matrix(y_true, y_pred, num_classes=None):
             f"Labels must be in 0..{num_classes - 1}. Received: "
             f"{np.unique(np.concatenate([y_true, y_pred])[np.concatenate([bad, bad])]).tolist()}"
         )
-    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(
-        num_classes, num_classes
-    )
+    return sk_metrics.confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
 
 
 def accuracy(y_true, y_pred):
@@ -134,7 +146,7 @@ def accuracy(y_true, y_pred):
     y_true, y_pred = _labels(y_true, y_pred)
     if not len(y_true):
         return _undefined("accuracy: no labelled example")
-    return float(np.mean(y_true == y_pred))
+    return _sklearn(sk_metrics.accuracy_score, y_true, y_pred)
 
 
 def balanced_accuracy(y_true, y_pred):
@@ -142,19 +154,7 @@ def balanced_accuracy(y_true, y_pred):
     y_true, y_pred = _labels(y_true, y_pred)
     if not len(y_true):
         return _undefined("balanced_accuracy: no labelled example")
-    recalls = [np.mean(y_pred[y_true == k] == k) for k in np.unique(y_true)]
-    return float(np.mean(recalls))
-
-
-def _per_class(y_true, y_pred, classes):
-    tp = np.array([np.sum((y_pred == k) & (y_true == k)) for k in classes], np.float64)
-    predicted = np.array([np.sum(y_pred == k) for k in classes], np.float64)
-    support = np.array([np.sum(y_true == k) for k in classes], np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
-        f1_scores = np.where(predicted + support > 0, 2 * tp / (predicted + support), 0.0)
-    return precision, recall, f1_scores, support
+    return _sklearn(sk_metrics.balanced_accuracy_score, y_true, y_pred)
 
 
 def f1(y_true, y_pred, average="macro", num_classes=None):
@@ -168,11 +168,10 @@ def f1(y_true, y_pred, average="macro", num_classes=None):
     y_true, y_pred = _labels(y_true, y_pred)
     if not len(y_true):
         return _undefined(f"f1 ({average}): no labelled example")
-    classes = np.union1d(y_true, y_pred) if num_classes is None else np.arange(num_classes)
-    _, _, scores, support = _per_class(y_true, y_pred, classes)
-    if average == "macro":
-        return float(np.mean(scores))
-    return float(np.sum(scores * support) / support.sum())
+    classes = None if num_classes is None else np.arange(num_classes)
+    return _sklearn(
+        sk_metrics.f1_score, y_true, y_pred, labels=classes, average=average, zero_division=0
+    )
 
 
 def macro_f1(y_true, y_pred, num_classes=None):
@@ -190,13 +189,9 @@ def cohen_kappa(y_true, y_pred):
     y_true, y_pred = _labels(y_true, y_pred)
     if not len(y_true):
         return _undefined("cohen_kappa: no labelled example")
-    classes = np.union1d(y_true, y_pred)
-    p_true = np.array([np.mean(y_true == k) for k in classes])
-    p_pred = np.array([np.mean(y_pred == k) for k in classes])
-    p_e = float(np.sum(p_true * p_pred))
-    if np.isclose(p_e, 1.0):
+    if len(np.union1d(y_true, y_pred)) == 1:
         return _undefined("cohen_kappa: labels and predictions are all one class")
-    return float((np.mean(y_true == y_pred) - p_e) / (1.0 - p_e))
+    return _sklearn(sk_metrics.cohen_kappa_score, y_true, y_pred)
 
 
 def krippendorff_alpha(y_true, y_pred, num_classes=None):
@@ -216,29 +211,8 @@ def krippendorff_alpha(y_true, y_pred, num_classes=None):
     return value
 
 
-def _binary_auc(positive, scores):
-    """ROC AUC as the Mann-Whitney U statistic (ties count one half)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores)
-    n_pos = positive.sum()
-    n_neg = len(positive) - n_pos
-    return (ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
-def _average_precision(positive, scores):
-    """Step-wise average precision ``sum_n (R_n - R_{n-1}) P_n`` over distinct thresholds."""
-    order = np.argsort(-scores, kind="mergesort")
-    scores, positive = scores[order], positive[order]
-    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # end of each tie group
-    tps = np.cumsum(positive)[last]
-    predicted = last + 1
-    precision = tps / predicted
-    recall = tps / positive.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
 def _one_vs_rest(name, score, y_true, probabilities, num_classes):
+    """Macro average of ``score(is_class_k, probabilities[:, k])`` over the classes present."""
     y_true, probabilities = _probabilities(y_true, probabilities, num_classes)
     if not len(y_true):
         return _undefined(f"{name}: no labelled example")
@@ -253,7 +227,7 @@ def _one_vs_rest(name, score, y_true, probabilities, num_classes):
             RuntimeWarning,
             stacklevel=3,
         )
-    values = [score(y_true == k, probabilities[:, k]) for k in present]
+    values = [_sklearn(score, y_true == k, probabilities[:, k]) for k in present]
     return float(np.mean(values))
 
 
@@ -263,7 +237,7 @@ def auc(y_true, probabilities, num_classes=8):
     Equals ``sklearn.metrics.roc_auc_score(y_true, p, multi_class="ovr", average="macro")``
     when every class is present; absent classes are left out with a warning.
     """
-    return _one_vs_rest("auc", _binary_auc, y_true, probabilities, num_classes)
+    return _one_vs_rest("auc", sk_metrics.roc_auc_score, y_true, probabilities, num_classes)
 
 
 def aucpr(y_true, probabilities, num_classes=8):
@@ -272,13 +246,20 @@ def aucpr(y_true, probabilities, num_classes=8):
     Equals ``sklearn.metrics.average_precision_score(one_hot(y_true), p, average="macro")``
     when every class is present; absent classes are left out with a warning.
     """
-    return _one_vs_rest("aucpr", _average_precision, y_true, probabilities, num_classes)
+    return _one_vs_rest(
+        "aucpr", sk_metrics.average_precision_score, y_true, probabilities, num_classes
+    )
 
 
 def per_class_report(y_true, y_pred, num_classes=8):
-    """Per-class ``precision``, ``recall``, ``f1`` and ``support`` arrays of length K."""
+    """Per-class ``precision``, ``recall``, ``f1`` and ``support`` arrays of length K (0 where
+    a class was never predicted, or never true)."""
     y_true, y_pred = _labels(y_true, y_pred)
-    precision, recall, scores, support = _per_class(y_true, y_pred, np.arange(num_classes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        precision, recall, scores, support = sk_metrics.precision_recall_fscore_support(
+            y_true, y_pred, labels=np.arange(num_classes), zero_division=0
+        )
     return {
         "precision": precision,
         "recall": recall,
@@ -335,7 +316,7 @@ def rmse(y_true, y_pred):
     y_true, y_pred = _values(y_true, y_pred)
     if not len(y_true):
         return _undefined("rmse: no finite target")
-    return float(np.sqrt(np.mean((y_true - y_pred) ** 2)))
+    return float(np.sqrt(sk_metrics.mean_squared_error(y_true, y_pred)))
 
 
 def pearson(y_true, y_pred):
@@ -343,11 +324,9 @@ def pearson(y_true, y_pred):
     y_true, y_pred = _values(y_true, y_pred)
     if len(y_true) < 2:
         return _undefined("pearson: fewer than 2 finite targets")
-    dt, dp = y_true - y_true.mean(), y_pred - y_pred.mean()
-    denominator = np.sqrt(np.sum(dt**2) * np.sum(dp**2))
-    if denominator == 0:
+    if np.ptp(y_true) == 0 or np.ptp(y_pred) == 0:
         return _undefined("pearson: targets or predictions are constant")
-    return float(np.sum(dt * dp) / denominator)
+    return float(stats.pearsonr(y_true, y_pred).statistic)
 
 
 def sagr(y_true, y_pred):

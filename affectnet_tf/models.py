@@ -76,6 +76,7 @@ def build_model(
     task="exp",
     num_classes=8,
     target="mv",
+    va_target=None,
     num_annotators=None,
     crowd_layer=crowd_layers.DEFAULT_CROWD_METHOD,
     va_crowd_layer="gaussian",
@@ -91,8 +92,12 @@ def build_model(
         model: backbone name, a key of :data:`affectnet_tf.backbones.BACKBONES`.
         task: ``exp``, ``aro``, ``val``, ``va`` or ``all``.
         num_classes: 8, or 7 (without contempt).
-        target: the training target; ``"cv"`` adds the crowd layers.
-        num_annotators: number of annotators (needed for ``target="cv"``).
+        target: the expression training target; ``"cv"`` adds a crowd layer to that head.
+        va_target: the valence/arousal target (default: ``"cv"`` when ``target`` is, else a
+            single value); ``"cv"`` adds crowd layers to those heads. Each head's own target
+            decides, so ``target="mv", va_target="cv"`` trains expression on the majority vote
+            and valence/arousal through crowd layers.
+        num_annotators: number of annotators (needed for any ``cv`` head).
         crowd_layer: expression crowd layer (:data:`CROWD_LAYERS`): ``pooled`` (default,
             :class:`crowd_layers.CrowdsPooled` with :class:`crowd_layers.PooledCrowdLikelihood`),
             ``confusion`` (:class:`crowd_layers.CrowdsConfusion`), ``geocrowdnet`` (the same
@@ -116,14 +121,18 @@ def build_model(
     _check_choice(task, TASK_HEADS, "task")
     _check_choice(num_classes, (7, 8), "num_classes")
     heads = TASK_HEADS[task]
-    if target == "cv":
+    va_target = va_target or ("cv" if target == "cv" else "mean")
+    crowd_heads = [h for h in heads if (target if h == "expression" else va_target) == "cv"]
+    if crowd_heads:
         _check_choice(crowd_layer, CROWD_LAYERS, "crowd_layer")
         _check_choice(va_crowd_layer, VA_CROWD_LAYERS, "va_crowd_layer")
         if not num_annotators:
             raise ValueError(
-                "`target='cv'` needs the number of annotators of the dataset (a dataset with "
+                "Crowd targets ('cv') need the number of annotators of the dataset (a dataset with "
                 f"crowd answers, such as affectnet_c25). Received: num_annotators={num_annotators!r}"
             )
+        if init_confusions is not None and "expression" not in crowd_heads:
+            raise ValueError("`init_confusions` needs an expression crowd head (target='cv').")
         if init_confusions is not None and crowd_layer not in CONFUSION_CROWD_LAYERS:
             raise ValueError(
                 "`init_confusions` initialises a confusion crowd layer "
@@ -143,6 +152,7 @@ def build_model(
         "num_classes": num_classes,
         "class_names": list(labels.expression_names(num_classes)),
         "target": target,
+        "crowd_heads": crowd_heads,
         "package": "affectnet-tf",
         "package_version": __version__,
     }
@@ -168,7 +178,7 @@ def build_model(
     prediction = keras.Model(
         inputs, outputs[heads[0]] if single else outputs, name=f"{model}_{task}"
     )
-    if target != "cv":
+    if not crowd_heads:
         return BuiltModel(prediction, prediction, backbone)
 
     predicted = prediction(inputs)
@@ -176,6 +186,9 @@ def build_model(
         predicted = {heads[0]: predicted}
     crowd_outputs = {}
     for head in heads:
+        if head not in crowd_heads:  # trained on its single-value target as it is
+            crowd_outputs[head] = predicted[head]
+            continue
         options = {"dtype": "float32", "name": f"crowd_{head}"}
         if head == "expression":
             layer, _ = crowd_layers.crowd_method(

@@ -17,7 +17,8 @@ expression, mean valence and arousal, and the frame counts. With ``--output``, r
 file (JSON lines, or CSV with one ``prob_<class>`` column per class) and summaries to
 ``<output stem>_clips.json``; without, records are printed as JSON lines and summaries to
 stderr. ``--annotate OUT_DIR`` writes each image or video with boxes and labels drawn. A progress
-bar (stderr) is shown on videos of at least ``--progress-min-frames`` frames.
+bar (``keras.utils.Progbar``, on stderr) is shown on videos of at least
+``--progress-min-frames`` frames.
 
 Faces are cropped by :class:`affectnet_tf.faces.FaceCropper` to ``--crop-size`` (224, the stored
 size of the AffectNet builders) and resized to the model's input with
@@ -26,13 +27,14 @@ size of the AffectNet builders) and resized to the model's input with
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import os
 import sys
-import time
 
 import cv2
+import keras
 import numpy as np
 
 from affectnet_tf import faces as faces_module
@@ -262,35 +264,16 @@ class RecordWriter:
         return os.path.splitext(self.path)[0] + "_clips.json"
 
 
-class Progress:
-    """A one-line progress bar on stderr."""
+class _Progress(keras.utils.Progbar):
+    """``keras.utils.Progbar`` over a video's frames, on stderr (stdout may carry the records)."""
 
-    def __init__(self, total, label, stream=None, interval=0.5):
-        self.total = max(1, int(total))
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.interval = interval
-        self._last = 0.0
-        self._start = time.monotonic()
+    def __init__(self, total, label):
+        print(label, file=sys.stderr)
+        super().__init__(total, width=30, interval=0.5, unit_name="frame")
 
-    def update(self, done, force=False):
-        now = time.monotonic()
-        if not force and now - self._last < self.interval:
-            return
-        self._last = now
-        fraction = min(1.0, done / self.total)
-        filled = int(round(30 * fraction))
-        rate = done / max(now - self._start, 1e-9)
-        self.stream.write(
-            f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} frames "
-            f"({rate:.1f} frames/s)"
-        )
-        self.stream.flush()
-
-    def close(self, done):
-        self.update(done, force=True)
-        self.stream.write("\n")
-        self.stream.flush()
+    def update(self, current, values=None, finalize=None):
+        with contextlib.redirect_stdout(sys.stderr):
+            super().update(current, values, finalize)
 
 
 def expand_inputs(inputs):
@@ -400,7 +383,7 @@ def _predict_video(predictor, path, emit, sampler, cache, annotate_dir, used, pr
     try:
         frame_count = video_module.video_properties(path)[0]
         if progress_min is not None and frame_count >= progress_min:
-            progress = Progress(frame_count, os.path.basename(path))
+            progress = _Progress(frame_count, os.path.basename(path))
         for frame_faces in video_module.iter_video_faces(
             path, predictor.cropper, sampler, cache, stats, keep_frames=bool(annotate_dir)
         ):
@@ -421,7 +404,7 @@ def _predict_video(predictor, path, emit, sampler, cache, annotate_dir, used, pr
                     )
                 writer.write(image)
             if progress is not None:
-                progress.update(stats.frames_read)
+                progress.update(stats.frames_read, finalize=False)
     except video_module.UnreadableVideoError as error:
         emit(_empty_record(path, 0, error))
         return None
@@ -429,7 +412,7 @@ def _predict_video(predictor, path, emit, sampler, cache, annotate_dir, used, pr
         if writer is not None:
             writer.release()
         if progress is not None:
-            progress.close(stats.frames_read)
+            progress.update(stats.frames_read, finalize=True)
     result = summary.as_dict()
     result["frames_read"] = stats.frames_read
     result["frames_detected"] = stats.frames_detected

@@ -3,6 +3,8 @@
 A :class:`Report` collects sections of text, tables and figures; :meth:`Report.save` writes
 every figure as a PNG, ``report.html`` (the PNGs embedded as base64 ``data:`` URIs, so the page
 opens offline, alone) and ``report.md`` (the same content, linking the PNG files beside it).
+:func:`evaluation_report` lays out the report of an evaluation from the figures that
+:mod:`affectnet_tf.evaluate` computed; nothing is computed here but the drawings.
 
 Figures are ``matplotlib.figure.Figure`` objects on the Agg canvas: no pyplot, no display, and
 no change to the global Matplotlib backend of the caller (a notebook keeps its own). They are
@@ -26,6 +28,7 @@ __all__ = [
     "DPI",
     "DENSITY_THRESHOLD",
     "Report",
+    "evaluation_report",
     "figure_size",
     "plot_confusion_matrix",
     "plot_va",
@@ -456,3 +459,154 @@ def plot_agreement(result):
         axis.legend(fontsize=7, loc="lower right")
     figure.subplots_adjust(left=0.08, right=0.98, bottom=0.05, top=0.85, wspace=0.45)
     return figure
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation report
+
+
+def _metric_rows(metrics):
+    return [[head, key, value] for head, values in metrics.items() for key, value in values.items()]
+
+
+def evaluation_report(
+    *,
+    title,
+    metrics,
+    class_names,
+    notes=None,
+    confusion=None,
+    per_class=None,
+    examples=None,
+    va_truth=None,
+    va_predictions=None,
+    history=None,
+    annotators=None,
+    agreement=None,
+):
+    """The :class:`Report` of an evaluation; a section for each argument given.
+
+    Args:
+        title: the page title.
+        metrics: ``{head: {metric: value}}``, the metric table.
+        class_names: the expression classes, in output order.
+        notes: ``{head: [message, ...]}``: undefined or partial values.
+        confusion: ``(K, K)`` counts, rows the true class (:func:`plot_confusion_matrix`).
+        per_class: ``{"precision", "recall", "f1", "support"}`` arrays of length ``K``.
+        examples: ``{"images", "true", "predicted"}`` for :func:`plot_examples`.
+        va_truth, va_predictions: ``{"valence": (N,), "arousal": (N,)}`` (either key may be
+            absent).
+        history: training curves (:func:`plot_history`).
+        annotators: a crowd run's learned annotators: ``confusions`` ``(R, K, K)`` or None,
+            ``true_confusions`` (the true simulated ones) or None, ``note`` (a sentence) or
+            None, ``parameters`` (one dict per valence/arousal parameter: ``parameter``,
+            ``mean``, ``min``, ``max``, ``annotator_of_min``, ``correlation``) and
+            ``simulated`` (whether the true simulated annotators are known).
+        agreement: :func:`affectnet_tf.agreement.annotator_agreement`'s dict.
+    """
+    report = Report(title)
+    report.section("Metrics")
+    report.table(["head", "metric", "value"], _metric_rows(metrics))
+    for head, messages in (notes or {}).items():
+        for message in messages:
+            report.text(f"Note ({head}): {message}")
+    if confusion is not None:
+        report.section("Expression")
+        report.figure(
+            "confusion_matrix",
+            plot_confusion_matrix(confusion, class_names),
+            "Normalised confusion matrix (each row sums to 1; counts beside the class names).",
+        )
+        report.table(
+            ["class", "precision", "recall", "F1", "support"],
+            [
+                [
+                    name,
+                    per_class["precision"][k],
+                    per_class["recall"][k],
+                    per_class["f1"][k],
+                    int(per_class["support"][k]),
+                ]
+                for k, name in enumerate(class_names)
+            ],
+        )
+        if examples is not None:
+            report.figure(
+                "examples",
+                plot_examples(
+                    examples["images"], examples["true"], examples["predicted"], class_names
+                ),
+                "Correctly (green) and incorrectly (red) classified images.",
+            )
+    if va_truth:
+        report.section("Valence and arousal")
+        report.figure(
+            "valence_arousal",
+            plot_va(va_truth, va_predictions),
+            "Predicted against true (hexbin densities above "
+            f"{DENSITY_THRESHOLD} images), and the circumplex.",
+        )
+        report.figure(
+            "valence_arousal_errors",
+            plot_va_errors(va_truth, va_predictions),
+            "Prediction errors.",
+        )
+    if history is not None and len(history):
+        report.section("Training curves")
+        report.figure("history", plot_history(history), "From history.csv.")
+    if annotators:
+        _annotator_section(report, annotators, class_names)
+    if agreement is not None:
+        _agreement_section(report, agreement)
+    return report
+
+
+def _annotator_section(report, annotators, class_names):
+    report.section("Annotators (crowd layers)")
+    if annotators.get("note"):
+        report.text(annotators["note"])
+    if annotators.get("confusions") is not None:
+        true = annotators.get("true_confusions")
+        report.figure(
+            "annotator_confusions",
+            plot_annotator_confusions(annotators["confusions"], class_names, true=true),
+            "Learned annotator confusion matrices"
+            + (" beside the true simulated ones" if true is not None else "")
+            + " (colour: probability, 0 dark to 1 yellow).",
+        )
+    parameters = annotators.get("parameters") or []
+    if parameters:
+        keys = ["parameter", "mean", "min", "max", "annotator_of_min"]
+        header = ["parameter", "mean", "min", "max", "annotator of min"]
+        if annotators.get("simulated"):
+            keys.append("correlation")
+            header.append("correlation with the true simulated value")
+        report.table(header, [[row.get(key) for key in keys] for row in parameters])
+
+
+def _agreement_section(report, result):
+    report.section("The model against single annotators")
+    crowd = result["crowd"]
+    report.text(
+        f"{result['n_items']} images, {result['n_annotators']} annotators. Each annotator is "
+        "scored against the majority (mean for valence and arousal) of the other annotators; "
+        "the model against the same references on the same images. Crowd agreement: "
+        + ", ".join(f"{k} {_cell(v)}" for k, v in crowd.items())
+    )
+    rows = [
+        [
+            key,
+            entry["mean"],
+            entry["min"],
+            entry["max"],
+            entry.get("model"),
+            entry.get("model_above"),
+        ]
+        for key, entry in result["summary"].items()
+    ]
+    report.table(
+        ["figure", "annotators mean", "min", "max", "model", "share of annotators below"], rows
+    )
+    report.figure(
+        "agreement", plot_agreement(result), "Annotators (dots, box) and the model (star)."
+    )

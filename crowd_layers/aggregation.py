@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 _EPS = 1e-10  # crowd-kit's clipping floor for confusion counts and priors
 _LOG_EPS = np.log(_EPS)
 _BLOCK_ENTRIES = 65536  # items x classes per E-step block: 512 KiB of float64 temporaries
-_TIE_BREAKS = ("random", "lowest", "prior")
+_TIE_BREAKS = ("random", "lowest", "prior", "keyed")
 _ALPHA_LEVELS = ("nominal", "ordinal", "interval", "ratio")
 _CONVERGENCE = ("crowdkit", "log_likelihood")
 
@@ -95,14 +95,20 @@ def _counts(answers, num_classes, name="answers"):
 # --------------------------------------------------------------------------------------------
 
 
-def majority_vote(answers, num_classes=None, tie_break="random", seed=0, return_info=False):
+def majority_vote(
+    answers, num_classes=None, tie_break="random", seed=0, return_info=False, keys=None
+):
     """Most frequent answer per item.
 
     Ties between the most frequent classes are broken by ``tie_break``:
 
     - ``"random"``: uniformly among the tied classes, with ``np.random.default_rng(seed)``;
     - ``"lowest"``: the lowest class index (what ``np.argmax`` does);
-    - ``"prior"``: the tied class answered most often over the whole data set (then lowest).
+    - ``"prior"``: the tied class answered most often over the whole data set (then lowest);
+    - ``"keyed"``: by a fixed key of each item (``keys``, e.g. a hash of its file name): the
+      tied classes in index order, the one at position ``key mod n_tied``. An item's label
+      then depends on its own answers and key only, never on the other items, their order or
+      a seed.
 
     The number of tied items is logged (``logging`` WARNING on ``crowd_layers.aggregation``)
     and returned with ``return_info=True``. Items without any answer get label ``-1``; they
@@ -112,8 +118,9 @@ def majority_vote(answers, num_classes=None, tie_break="random", seed=0, return_
         answers: dense ``(n_items, n_annotators)`` int matrix with -1 for no answer, or a
             tuple ``(items, annotators, labels)`` (see the module docstring).
         num_classes: number of classes; inferred as ``max(label) + 1`` when None.
-        tie_break: ``"random"``, ``"lowest"`` or ``"prior"``.
+        tie_break: ``"random"``, ``"lowest"``, ``"prior"`` or ``"keyed"``.
         seed: seed of the random tie break.
+        keys: non-negative integer key per item, for ``tie_break="keyed"``.
         return_info: also return a dict with ``n_ties``, ``tied_items`` (indices),
             ``n_unanswered`` and ``unanswered_items``.
 
@@ -131,6 +138,15 @@ def majority_vote(answers, num_classes=None, tie_break="random", seed=0, return_
         )
     counts = _counts(answers, num_classes)
     n_items = counts.shape[0]
+    if tie_break == "keyed":
+        if keys is None or np.shape(keys) != (n_items,):
+            raise ValueError(
+                "`tie_break='keyed'` needs one integer key per item. Received: keys with shape "
+                f"{None if keys is None else np.shape(keys)} for {n_items} items"
+            )
+        keys = np.asarray(keys)
+        if keys.dtype.kind not in "iu" or (keys.dtype.kind == "i" and np.any(keys < 0)):
+            raise ValueError(f"`keys` must be non-negative integers. Received dtype {keys.dtype}")
     answered = counts.sum(axis=1) > 0
     if counts.shape[1] == 0:
         labels = np.full(n_items, -1, dtype=np.int64)
@@ -142,6 +158,10 @@ def majority_vote(answers, num_classes=None, tie_break="random", seed=0, return_
         elif tie_break == "prior":
             totals = counts.sum(axis=0)
             labels = np.argmax(np.where(is_max, totals, -1), axis=1)
+        elif tie_break == "keyed":
+            position = keys % np.maximum(is_max.sum(axis=1), 1).astype(keys.dtype)
+            rank = np.cumsum(is_max, axis=1) - 1  # index among the tied classes
+            labels = np.argmax(is_max & (rank == position[:, None]), axis=1)
         else:
             noise = np.random.default_rng(seed).random(counts.shape)
             labels = np.argmax(np.where(is_max, noise, -1.0), axis=1)
@@ -459,6 +479,35 @@ class DawidSkene:
         if len(answered_items) < n_items:
             _warn_unanswered("DawidSkene", n_items - len(answered_items), n_items)
         return self
+
+    def predict_proba(self, answers):
+        """Posteriors of (new) items' answers under the fitted model, parameters unchanged.
+
+        ``p(c | y_i) ∝ priors_[c] prod_{w answered} confusions_[w, c, y_iw]`` (probabilities
+        clipped at ``1e-10``), the E-step for items that did not take part in the fit. Items
+        without answers get ``priors_``.
+
+        Args:
+            answers: dense ``(n_items, n_annotators)`` int matrix (-1 for no answer) or long
+                format, with the fitted annotators and classes.
+
+        Returns:
+            float64 array ``(n_items, K)``.
+        """
+        if not hasattr(self, "confusions_"):
+            raise ValueError("This DawidSkene is not fitted yet: call `fit` first.")
+        n_fitted, k, _ = self.confusions_.shape
+        items, annotators, labels, n_items, n_annotators, _ = _to_long(answers, k)
+        if n_annotators > n_fitted:
+            raise ValueError(
+                f"`answers` has {n_annotators} annotators; the model was fitted on {n_fitted}."
+            )
+        log_confusions = np.log(np.clip(self.confusions_, 1e-10, None))
+        log_p = np.tile(np.log(np.clip(self.priors_, 1e-10, None)), (n_items, 1))
+        np.add.at(log_p, items, log_confusions[annotators, :, labels])
+        log_p -= log_p.max(axis=1, keepdims=True)
+        probas = np.exp(log_p)
+        return probas / probas.sum(axis=1, keepdims=True)
 
     def fit_predict(self, answers):
         """Fits the model and returns ``labels_``."""

@@ -43,6 +43,7 @@ __all__ = [
     "MaskedMultiSequenceCrossEntropy",
     "masked_multi_cross_entropy",
     "masked_multi_mse",
+    "mean_over_observed",
 ]
 
 MISSING_SENTINEL = 999999999
@@ -61,8 +62,19 @@ def _replicas_and_global(count):
     return count, 1
 
 
-def _per_sample_share(loss_sum, observed):
-    """Per-sample values whose Keras batch reduction is the mean over observed answers."""
+def mean_over_observed(loss_sum, observed):
+    """Per-sample values whose Keras batch reduction is the mean over the observed labels.
+
+    The one reduction rule of the package's masked losses (module docstring, "Distribution"):
+    ``value_i = loss_sum_i * local_batch_size * num_replicas / observed_count_global``.
+
+    Args:
+        loss_sum: per-sample (or per-sample-and-label) losses, zero where unobserved.
+        observed: boolean mask of the observed labels, the shape of ``loss_sum``.
+
+    Returns:
+        ``(batch,)`` values; a batch without observed labels gives zeros.
+    """
     batch_axes = tuple(range(1, len(loss_sum.shape)))
     per_sample = ops.sum(loss_sum, axis=batch_axes) if batch_axes else loss_sum
     count = ops.stop_gradient(ops.sum(ops.cast(observed, per_sample.dtype)))
@@ -147,7 +159,7 @@ def masked_multi_cross_entropy(y_true, y_pred, from_logits=True, padding_label=N
             f"answers shaped like `y_pred`. Received: y_true.shape={y_true.shape}, "
             f"y_pred.shape={y_pred.shape}"
         )
-    return _per_sample_share(losses_, observed)
+    return mean_over_observed(losses_, observed)
 
 
 def masked_multi_mse(y_true, y_pred):
@@ -174,7 +186,7 @@ def masked_multi_mse(y_true, y_pred):
     observed = ops.logical_and(ops.isfinite(y_true), ops.not_equal(y_true, sentinel))
     targets = ops.where(observed, y_true, ops.zeros_like(y_true))
     squared = ops.where(observed, ops.square(y_pred - targets), ops.zeros_like(y_pred))
-    return _per_sample_share(squared, observed)
+    return mean_over_observed(squared, observed)
 
 
 @saving.register_keras_serializable(package="crowd_layers")

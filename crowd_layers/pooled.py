@@ -35,7 +35,7 @@ from crowd_layers.confusions import (
     initial_confusion_logits,
 )
 from crowd_layers.layers import _check_positive_int
-from crowd_layers.losses import MISSING_SENTINEL, _check_reduction, _per_sample_share
+from crowd_layers.losses import MISSING_SENTINEL, _check_reduction, mean_over_observed
 
 __all__ = [
     "CrowdsGaussian",
@@ -258,7 +258,7 @@ def pooled_crowd_nll(y_true, y_pred):
     nll = -ops.logsumexp(log_prior + picked, axis=1)
     answered = ops.any(observed, axis=1)
     nll = ops.where(answered, nll, ops.zeros_like(nll))
-    return _per_sample_share(nll, answered)
+    return mean_over_observed(nll, answered)
 
 
 @saving.register_keras_serializable(package="crowd_layers")
@@ -467,7 +467,7 @@ def masked_gaussian_nll(y_true, y_pred, normalize_precision=True):
     else:
         terms = 0.5 * squared * precision + log_sigma + _HALF_LOG_2PI
     terms = ops.where(observed, terms, ops.zeros_like(terms))
-    return _per_sample_share(terms, observed)
+    return mean_over_observed(terms, observed)
 
 
 @saving.register_keras_serializable(package="crowd_layers")

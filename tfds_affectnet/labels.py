@@ -13,9 +13,21 @@ plus the non-labels 8 none, 9 uncertain, 10 no-face. AffectNetC25's CSVs use ano
 
 so that ``affectnet = (c25 + 1) % 8``. The 7-class variant drops contempt and keeps the others'
 indices (contempt is the last canonical class).
+
+Majority-vote ties (:func:`majority_labels`): where two or more classes share the most answers,
+the label is chosen among them by the image's file name (the first 8 bytes of its MD5 hash,
+modulo the number of tied classes, over the tied classes in canonical order). The same image
+gets the same label in training, evaluation, the agreement report and every run, whatever the
+seed, the subset or the order of the files, and ties spread evenly over the tied classes.
 """
 
+import hashlib
+import logging
+import warnings
+
 import numpy as np
+
+import crowd_layers
 
 __all__ = [
     "EXPRESSION_NAMES",
@@ -30,6 +42,8 @@ __all__ = [
     "c25_to_affectnet",
     "affectnet_to_c25",
     "to_seven_classes",
+    "tie_keys",
+    "majority_labels",
 ]
 
 EXPRESSION_NAMES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
@@ -110,3 +124,55 @@ def to_seven_classes(codes):
     array = np.asarray(codes).astype(np.int64)
     kept = array != CONTEMPT
     return np.where(kept, array, -1), kept
+
+
+def tie_keys(file_names):
+    """The tie-break key of each file name: the first 8 bytes of its MD5 hash, ``uint64``."""
+    keys = np.empty(len(file_names), np.uint64)
+    for i, name in enumerate(file_names):
+        raw = name if isinstance(name, bytes) else str(name).encode("utf-8")
+        keys[i] = int.from_bytes(hashlib.md5(raw).digest()[:8], "big")
+    return keys
+
+
+def majority_labels(answers, file_names, num_classes=8):
+    """The package's majority-vote labels: ties broken by the file name (module docstring).
+
+    Args:
+        answers: ``(N, R)`` integer answers in the canonical order, -1 for no answer (answers
+            outside ``0..num_classes-1`` must already be -1).
+        file_names: the ``N`` images' file names (``str`` or ``bytes``).
+        num_classes: number of classes.
+
+    Returns:
+        ``(labels, tied)``: int64 labels (-1 for an image without answers) and the boolean
+        mask of the images whose vote was tied.
+    """
+    answers = np.asarray(answers, np.int64)
+    if len(file_names) != len(answers):
+        raise ValueError(
+            f"`file_names` must have one name per row of `answers`. Received: "
+            f"{len(file_names)} names for {len(answers)} rows"
+        )
+    mask = np.zeros(len(answers), bool)
+    if len(answers):
+        # ties and unanswered images are counted by the callers and reported once
+        majority_logger = logging.getLogger("crowd_layers.aggregation")
+        level = majority_logger.level
+        majority_logger.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                votes, info = crowd_layers.majority_vote(
+                    answers,
+                    num_classes,
+                    tie_break="keyed",
+                    keys=tie_keys(file_names),
+                    return_info=True,
+                )
+        finally:
+            majority_logger.setLevel(level)
+        mask[info["tied_items"]] = True
+    else:
+        votes = np.zeros(0, np.int64)
+    return votes, mask

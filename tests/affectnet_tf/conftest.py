@@ -4,7 +4,7 @@ import make_dummy_data
 import pytest
 import tensorflow_datasets as tfds
 
-from affectnet_tf.train import DEFAULTS, resolve_dataset
+from affectnet_tf.config import RunConfig, data_roles
 
 STORED = 32  # side of the stored dummy images
 
@@ -17,10 +17,9 @@ def train_data_dir(tmp_path_factory):
     make_dummy_data.make_all(root)
     data_dir = tmp_path_factory.mktemp("tfds")
     for dataset in ("affectnet_c25/set1", "affectnet"):
-        name, config, _, _ = resolve_dataset(
-            {**DEFAULTS, "dataset": dataset, "stored_image_size": STORED}
-        )
-        tfds.builder(name, config=config, data_dir=data_dir).download_and_prepare(
+        roles = data_roles(RunConfig(dataset=dataset, stored_image_size=STORED))
+        builder = tfds.builder(roles.name, config=roles.builder_config, data_dir=data_dir)
+        builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=str(root))
         )
     return data_dir
@@ -35,7 +34,8 @@ def tiny_config(train_data_dir, tmp_path):
             "dataset": "affectnet_c25/set1",
             "data_dir": str(train_data_dir),
             "stored_image_size": STORED,
-            "validation_fraction": 0.5,
+            "selection_fraction": 0.25,
+            "test_fraction": 0.25,
             "model": "compact_cnn",
             "weights": None,
             "image_size": 32,

@@ -13,6 +13,7 @@ import pytest
 from sklearn import metrics as sk
 
 from affectnet_tf import agreement
+from tfds_affectnet import labels
 
 # 4 items, 3 annotators, 3 classes; -1 = no answer
 ANSWERS = np.array([[0, 0, 1], [1, 1, 1], [2, 0, -1], [0, 2, 2]])
@@ -33,6 +34,35 @@ def test_leave_one_out_majorities_by_hand():
     np.testing.assert_array_equal(lonely, [[-1, 2], [-1, -1]])
     with pytest.raises(ValueError, match=r"answers.shape=\(3,\)"):
         agreement.leave_one_out_majorities([0, 1, 2], 3)
+
+
+def test_keyed_majorities_are_the_package_majority_labels(c25_csv_dir):
+    table, _ = agreement.read_c25_csvs(c25_csv_dir, sets=("set1",))
+    answers, names = table["set1"]["crowd_expression"], table["set1"]["file_name"]
+    expected, tied = labels.majority_labels(answers, names, 8)
+    assert tied.sum() == 40  # SOURCE.md: 40 tied images in set 1
+    np.testing.assert_array_equal(agreement.crowd_majority(answers, 8, file_names=names), expected)
+    # the leave-one-out votes break each image's ties with the same key
+    loo = agreement.leave_one_out_majorities(answers, 8, file_names=names)
+    for r in range(answers.shape[1]):
+        others, _ = labels.majority_labels(np.delete(answers, r, axis=1), names, 8)
+        np.testing.assert_array_equal(loo[:, r], others)
+        silent = answers[:, r] < 0  # r did not answer: the others are the whole crowd
+        np.testing.assert_array_equal(loo[silent, r], expected[silent])
+    # the key decides: the rule of the lowest class differs on some tied images
+    lowest = agreement.crowd_majority(answers, 8, tie_break="lowest")
+    assert np.any(lowest[tied] != expected[tied]) and np.all(lowest[~tied] == expected[~tied])
+
+
+def test_keyed_ties_need_file_names():
+    with pytest.raises(ValueError, match="file_names"):
+        agreement.leave_one_out_majorities(ANSWERS, 3)
+    with pytest.raises(ValueError, match="file_names"):
+        agreement.annotator_agreement(ANSWERS, num_classes=3)
+    with pytest.raises(ValueError, match="one name per item"):
+        agreement.crowd_majority(ANSWERS, 3, file_names=["a.jpg"])
+    with pytest.raises(ValueError, match="tie_break"):
+        agreement.crowd_majority(ANSWERS, 3, tie_break="random")
 
 
 def test_leave_one_out_means_by_hand():
@@ -229,7 +259,7 @@ def test_real_c25_per_annotator_figures_match_an_independent_computation(c25_csv
         )
         np.testing.assert_allclose(ours, _independent_figures(c25_csv_dir, set_name), atol=1e-10)
         assert 0 < result["crowd"]["alpha"] < 1 and 0 < result["crowd"]["fleiss_kappa"] < 1
-    # the random tie rule (the default) changes only the 40 / 30 tied images' references
+    # the file-name rule (the default) changes only the 40 / 30 tied images' references
     default = agreement.csv_agreement(c25_csv_dir, sets=("set1",))["set1"]
     difference = abs(
         default["summary"]["accuracy"]["mean"] - results["set1"]["summary"]["accuracy"]["mean"]

@@ -1,5 +1,10 @@
-"""The benchmark scripts run end to end (their figures are not checked: no timed tests)."""
+"""The benchmark scripts run end to end (their figures are not checked: no timed tests).
 
+Each script runs once as users run it, in a fresh process; its other runs call its ``main(argv)``
+in this process, which saves a TensorFlow start-up per run.
+"""
+
+import importlib.util
 import json
 import re
 import subprocess
@@ -25,6 +30,24 @@ def _run_benchmark(script, *args):
     return result.stdout
 
 
+def _load_benchmark(script):
+    """``benchmarks/<script>`` imported as a module, for its ``main(argv)``."""
+    spec = importlib.util.spec_from_file_location(Path(script).stem, REPO / "benchmarks" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_train():
+    return _load_benchmark("bench_train.py")
+
+
+@pytest.fixture(scope="module")
+def bench_real_crowds():
+    return _load_benchmark("bench_real_crowds.py")
+
+
 @pytest.mark.slow
 def test_benchmark_quick_runs():
     stdout = _run_benchmark("bench_input_pipeline.py", "--quick")
@@ -35,9 +58,10 @@ def test_benchmark_quick_runs():
 
 
 @pytest.mark.slow
-def test_training_benchmark_quick_runs(tmp_path):
+def test_training_benchmark_quick_runs(bench_train, tmp_path, capsys):
     output = tmp_path / "train.json"
-    stdout = _run_benchmark("bench_train.py", "--quick", "--output", output)
+    assert bench_train.main(["--quick", "--output", str(output)]) == 0
+    stdout = capsys.readouterr().out
     assert "compact_cnn" in stdout and "crowd head cost" in stdout
     (row,) = json.loads(output.read_text())
     assert row["plain"] > 0 and row["crowd"] > 0
@@ -45,7 +69,9 @@ def test_training_benchmark_quick_runs(tmp_path):
 
 @pytest.mark.slow
 def test_training_benchmark_gpu_mode_runs_unchanged_on_cpu(tmp_path):
-    """The --gpu mode (mixed precision, XLA) is the same code: it runs on this CPU too."""
+    """The --gpu mode (mixed precision, XLA) is the same code: it runs on this CPU too.
+
+    In its own process: it sets Keras's global mixed-precision policy."""
     output = tmp_path / "gpu.json"
     stdout = _run_benchmark(
         "bench_train.py", "--quick", "--gpu", "--batch-size", "16", "--output", output
@@ -120,39 +146,33 @@ def test_real_crowds_benchmark_on_a_tiny_plain_layout(tmp_path):
     assert result["valid"] == {}  # no validation files
 
 
-def _real_crowds_error(data_dir):
-    """Runs the real-crowds benchmark on a broken folder; its standard error (exit status 2)."""
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_real_crowds.py"), "--data-dir", data_dir],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    return result.stderr
+def _real_crowds_error(bench_real_crowds, data_dir, capsys):
+    """The real-crowds benchmark on a broken folder: its standard error (exit status 2)."""
+    assert bench_real_crowds.main(["--data-dir", str(data_dir)]) == 2
+    return capsys.readouterr().err
 
 
-def test_real_crowds_benchmark_names_the_missing_file(tmp_path):
+def test_real_crowds_benchmark_names_the_missing_file(bench_real_crowds, tmp_path, capsys):
     data_dir = _plain_layout(tmp_path / "tiny")
     (data_dir / "labels_test.txt").unlink()
-    assert "missing labels_test.txt" in _real_crowds_error(data_dir)
+    assert "missing labels_test.txt" in _real_crowds_error(bench_real_crowds, data_dir, capsys)
 
 
-def test_real_crowds_benchmark_names_a_bad_answer_file(tmp_path):
+def test_real_crowds_benchmark_names_a_bad_answer_file(bench_real_crowds, tmp_path, capsys):
     data_dir = _plain_layout(tmp_path / "tiny")
     (data_dir / "answers.txt").write_text("0 1 2\n1 -3 0\n")
-    stderr = _real_crowds_error(data_dir)
+    stderr = _real_crowds_error(bench_real_crowds, data_dir, capsys)
     assert "answers.txt" in stderr and "-3" in stderr
 
 
 @pytest.mark.slow
-def test_real_crowds_benchmark_on_labelme():
+def test_real_crowds_benchmark_on_labelme(bench_real_crowds, capsys):
     """The real LabelMe crowd: its layout reads, and a short pooled run beats majority vote."""
     if not (LABELME / "answers.txt").exists():
         pytest.skip(f"the real LabelMe crowd is not in {LABELME} (../shared is absent)")
-    stdout = _run_benchmark(
-        "bench_real_crowds.py", "--seeds", "1", "--epochs", "20", "--methods", "mv,pooled"
-    )
+    argv = ["--seeds", "1", "--epochs", "20", "--methods", "mv,pooled"]
+    assert bench_real_crowds.main(argv) == 0
+    stdout = capsys.readouterr().out
     assert "1000 training items, 59 annotators, 8 classes, 2547 answers" in stdout
     scores = dict(re.findall(r"^(\w+)\s+test (0\.\d+)", stdout, flags=re.M))
     assert float(scores["pooled"]) > float(scores["mv"])

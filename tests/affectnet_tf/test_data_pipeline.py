@@ -144,15 +144,54 @@ def test_seven_classes_remove_contempt(prepared):
     assert info.to_dict()["num_classes"] == 7
 
 
-def test_subset_partitions_the_split(prepared):
-    full, info_full = _c25(prepared, task="exp", target="original")
-    _, info_train = _c25(
-        prepared, task="exp", target="original", subset="train", validation_fraction=0.5
+def test_subsets_partition_the_split(prepared):
+    _, info_full = _c25(prepared, task="exp", target="original")
+    partition = data.Partition(selection=0.25, test=0.25, seed=3)
+    infos = {
+        subset: _c25(prepared, task="exp", target="original", subset=subset, partition=partition)[1]
+        for subset in data.SUBSETS
+    }
+    names = {subset: set(info.file_names) for subset, info in infos.items()}
+    assert names["train"].isdisjoint(names["selection"])
+    assert names["train"].isdisjoint(names["test"])
+    assert names["selection"].isdisjoint(names["test"])
+    assert set.union(*names.values()) == set(info_full.file_names)
+    for subset, info in infos.items():
+        assert info.subset == subset and info.file_names_sha256 == data.names_digest(names[subset])
+    # the cut depends on the partition only, not on the training seed or the target
+    again = _c25(prepared, task="exp", target="mv", subset="test", partition=partition, seed=9)
+    assert set(again[1].file_names) == names["test"]
+
+
+def test_subset_mask_is_stratified_and_folds_cover_every_image():
+    names = np.array([f"img{i:03d}.jpg".encode() for i in range(200)])
+    table = {"file_name": names, "expression": np.repeat([0, 1, 2, 3], [100, 60, 30, 10])}
+    partition = data.Partition(selection=0.1, test=0.2, seed=0)
+    masks = {s: data.subset_mask(table, s, partition) for s in data.SUBSETS}
+    assert sum(m.astype(int) for m in masks.values()).tolist() == [1] * 200
+    for label, size in zip(range(4), (100, 60, 30, 10)):
+        in_class = table["expression"] == label
+        assert abs(masks["test"][in_class].sum() - 0.2 * size) <= 1
+        assert abs(masks["selection"][in_class].sum() - 0.1 * size) <= 1
+    assert masks["test"].sum() == 40 and masks["selection"].sum() == 20
+    # the order of the rows does not matter
+    shuffled = np.random.default_rng(1).permutation(200)
+    table2 = {k: v[shuffled] for k, v in table.items()}
+    np.testing.assert_array_equal(
+        data.subset_mask(table2, "test", partition), masks["test"][shuffled]
     )
-    _, info_val = _c25(
-        prepared, task="exp", target="original", subset="validation", validation_fraction=0.5
-    )
-    assert info_train.num_examples + info_val.num_examples == info_full.num_examples
+    tests = [data.subset_mask(table, "test", data.Partition(folds=4, fold=f)) for f in range(4)]
+    assert sum(t.astype(int) for t in tests).tolist() == [1] * 200
+    for fold, test in enumerate(tests):
+        assert test.sum() == 50
+        selection = data.subset_mask(table, "selection", data.Partition(folds=4, fold=fold))
+        assert not (selection & test).any() and selection.sum() == 15
+    with pytest.raises(ValueError, match="no training images"):
+        data.Partition(selection=0.5, test=0.5)
+    with pytest.raises(ValueError, match="fold"):
+        data.Partition(folds=3, fold=3)
+    with pytest.raises(ValueError, match="subset"):
+        data.subset_mask(table, "validation")
 
 
 def test_class_weights_and_balanced_sampling(prepared):

@@ -10,8 +10,10 @@ import struct
 import numpy as np
 import pytest
 
-from affectnet_tf import evaluate, metrics, reports
+from affectnet_tf import data, evaluate, metrics, models, reports
+from affectnet_tf.config import RunConfig, data_roles
 from affectnet_tf.train import train
+from tfds_affectnet import labels
 
 STORED = 32  # the stored image side of the dummy data (tests/affectnet_tf/conftest.py)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -30,7 +32,8 @@ def _config(data_dir, output_dir, **overrides):
         "dataset": "affectnet_c25/set1",
         "data_dir": str(data_dir),
         "stored_image_size": STORED,
-        "validation_fraction": 0.5,
+        "selection_fraction": 0.25,
+        "test_fraction": 0.25,
         "model": "compact_cnn",
         "weights": None,
         "image_size": 32,
@@ -55,7 +58,7 @@ def crowd_run(train_data_dir, tmp_path_factory):
 def test_training_writes_metrics_and_self_contained_report(crowd_run):
     run, result = crowd_run
     saved = json.loads((run / "metrics.json").read_text())
-    assert saved["split"] == "set1" and saved["subset"] == "validation"
+    assert saved["split"] == "set1" and saved["subset"] == "test"
     assert set(metrics.EXPRESSION_KEYS) | {"count"} <= set(saved["expression"])
     for dimension in ("valence", "arousal"):
         assert set(metrics.AFFECT_KEYS) | {"count"} <= set(saved[dimension])
@@ -68,8 +71,9 @@ def test_training_writes_metrics_and_self_contained_report(crowd_run):
     assert agreement["n_annotators"] == 25 and len(agreement["annotators"]) == 25
     assert {"accuracy", "f1_macro", "valence_ccc", "arousal_ccc"} <= set(agreement["summary"])
     assert agreement["summary"]["accuracy"]["model"] is not None
-    # 4 held-out images cannot hold all 8 classes: the partial AUC is noted, not hidden
-    assert any("have no true example" in note for note in saved["notes"]["expression"])
+    # the few test images cannot hold all 8 classes: the partial or undefined AUC is noted,
+    # not hidden
+    assert any(note.startswith("auc: ") for note in saved["notes"]["expression"])
 
     folder = run / "report"
     expected_sizes = {
@@ -107,7 +111,7 @@ def test_training_writes_metrics_and_self_contained_report(crowd_run):
     assert "## Annotators (crowd layers)" in markdown
     assert "## The model against single annotators" in markdown
     assert "| contempt |" in markdown  # the per-class table
-    assert "Note (expression): auc: classes" in markdown
+    assert "Note (expression): auc: " in markdown
 
 
 def test_evaluate_command_reproduces_the_training_metrics(crowd_run, tmp_path, capsys):
@@ -133,14 +137,18 @@ def test_evaluate_command_reproduces_the_training_metrics(crowd_run, tmp_path, c
 def test_evaluate_run_on_another_split_and_target(crowd_run, tmp_path):
     run, _ = crowd_run
     result = evaluate.evaluate_run(
-        run, split="set1", subset="all", target="original", output_dir=tmp_path, report=False
+        run, split="set2", subset="all", target="original", output_dir=tmp_path, report=False
     )
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["subset"] is None and saved["target"] == "original"
+    assert saved["split"] == "set2" and saved["subset"] is None
+    assert saved["target"] == "original"
     assert saved["expression"]["count"] == result["expression"]["count"]
-    # the whole set holds more images than its held-out slice
+    # the whole of set 2 holds more images than the test slice of set 1
     trained = json.loads((run / "metrics.json").read_text())
     assert saved["expression"]["count"] > trained["expression"]["count"]
+    # the images of the run's training set are refused
+    with pytest.raises(ValueError, match="overlap"):
+        evaluate.evaluate_run(run, split="set1", subset="all", output_dir=tmp_path)
 
 
 def test_exp_run_without_crowd_layer_has_no_annotator_section(train_data_dir, tmp_path):
@@ -184,7 +192,8 @@ def test_synthetic_crowd_run_shows_true_annotators_beside_learned(tmp_path):
         tmp_path / "tfds", run, dataset="synthetic_faces/tiny", task="all", target="cv", epochs=1
     )
     config.pop("stored_image_size")
-    config.pop("validation_fraction")
+    config.pop("selection_fraction")
+    config.pop("test_fraction")
     train(config)
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["split"] == "test" and saved["target"] == "true"
@@ -206,3 +215,66 @@ def test_va_plot_switches_to_densities(rng):
     one = reports.plot_va({"valence": many["valence"][:10]}, {"valence": many["valence"][:10]})
     assert reports.figure_size(one) == (500, 500)
     assert math.isclose(len(one.axes), 1)
+
+
+def test_agreement_majority_breaks_ties_by_the_file_name():
+    """The agreement's leave-one-out references are the package's majority labels: annotator
+    0 answers a class outside every image's two tied classes, so the votes of the others are
+    the crowd's, ties included, and a model predicting ``majority_labels`` matches all."""
+    rng = np.random.default_rng(0)
+    n = 60
+    names = np.array([f"img{i:03d}.jpg".encode() for i in range(n)])
+    tied = np.stack([rng.choice(7, 2, replace=False) for _ in range(n)])
+    answers = np.stack([np.full(n, 7), tied[:, 0], tied[:, 0], tied[:, 1], tied[:, 1]], axis=1)
+    majority, is_tied = labels.majority_labels(answers, names, 8)
+    assert is_tied.all() and np.any(majority != tied.min(axis=1))  # not the lowest class
+    table = {"file_name": names, "crowd_expression": answers}
+    result = evaluate.split_agreement(
+        table, np.arange(n), {"expression": np.eye(8)[majority]}, {}, num_classes=8
+    )
+    assert result["annotators"][0]["n"] == n
+    assert result["annotators"][0]["model_accuracy"] == 1.0
+    assert result["annotators"][0]["accuracy"] == 0.0
+
+
+def test_model_runs_once_over_the_split(train_data_dir, tmp_path, monkeypatch):
+    """One pass of the model over the split gives the metrics of the dataset path and the
+    agreement sections, on the same images."""
+    roles = data_roles(RunConfig(dataset="affectnet_c25/set1", stored_image_size=STORED))
+    options = {
+        "name": roles.dataset_name,
+        "config": roles.builder_config,
+        "split": "set1",
+        "subset": None,
+        "image_size": 32,
+        "batch_size": 8,
+        "data_dir": str(train_data_dir),
+    }
+    model = models.build_model(
+        "compact_cnn", task="all", target="mv", weights=None, image_size=32
+    ).prediction_model
+    passes = []
+    original = evaluate.predict_split
+
+    def counted(model, dataset, heads, keep_examples=0):
+        passes.append(heads)
+        return original(model, dataset, heads, keep_examples)
+
+    monkeypatch.setattr(evaluate, "predict_split", counted)
+    once = evaluate.evaluate_model(
+        model,
+        dataset_options={**options, "target": "mv", "va_target": "mean"},
+        output_dir=tmp_path / "once",
+    )
+    assert len(passes) == 1
+    dataset = data.make_dataset(task="all", target="mv", va_target="mean", **options)
+    plain = evaluate.evaluate_model(model, dataset, output_dir=tmp_path / "plain", report=False)
+    for head, values in plain.items():
+        for key, value in values.items():
+            assert once[head][key] == pytest.approx(value, abs=1e-6, nan_ok=True), (head, key)
+    saved = json.loads((tmp_path / "once" / "metrics.json").read_text())
+    assert saved["agreement"]["n_annotators"] == 25
+    assert saved["agreement"]["n_items"] == once["expression"]["count"]
+    assert "model_vs_original" in saved["agreement"]
+    with pytest.raises(ValueError, match="dataset=None"):
+        evaluate.evaluate_model(model, dataset, dataset_options={**options, "target": "mv"})

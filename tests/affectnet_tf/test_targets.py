@@ -151,10 +151,47 @@ def test_bad_arguments(kwargs, message):
         data.build_targets(_table(), **kwargs)
 
 
-def test_subset_is_a_stable_partition():
-    names = np.array([f"{i:05d}.jpg".encode() for i in range(2000)])
-    train = data._in_subset(names, "train", 0.2)
-    validation = data._in_subset(names, "validation", 0.2)
-    assert not (train & validation).any() and (train | validation).all()
-    assert 0.15 < validation.mean() < 0.25
-    np.testing.assert_array_equal(validation, data._in_subset(names[::-1], "validation", 0.2)[::-1])
+def test_ties_are_broken_by_the_file_name_in_every_order():
+    from tfds_affectnet import labels
+
+    table = _table()
+    targets, _, _, extras = data.build_targets(table, task="exp", target="mv")
+    expected, tied = labels.majority_labels(table["crowd_expression"], table["file_name"], 8)
+    assert targets[2] == expected[2] and tied.tolist() == [False, False, True, False, False]
+    # no seed argument any more, and reversing the rows keeps each image's label
+    reversed_table = {key: value[::-1] for key, value in table.items()}
+    again, _, _, _ = data.build_targets(reversed_table, task="exp", target="mv")
+    np.testing.assert_array_equal(again[::-1], targets)
+    # a tie's label follows the name's hash: over many names both tied classes occur
+    names = np.array([f"tie{i}.jpg".encode() for i in range(200)])
+    votes, tied = labels.majority_labels(np.tile([3, 3, 4, 4], (200, 1)), names, 8)
+    assert tied.all() and set(votes) == {3, 4} and 70 < (votes == 3).sum() < 130
+
+
+def test_dawid_skene_targets_are_fitted_on_the_training_rows_only():
+    import crowd_layers
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 8, 60)
+    answers = np.where(rng.random((60, 6)) < 0.7, truth[:, None], rng.integers(0, 8, (60, 6)))
+    table = {
+        "file_name": np.array([f"{i}.jpg".encode() for i in range(60)]),
+        "crowd_expression": answers,
+    }
+    fit_rows = np.arange(60) < 40
+    targets, _, _, _ = data.build_targets(table, task="exp", target="ds", fit_rows=fit_rows)
+    model = crowd_layers.DawidSkene(num_classes=8, convergence="log_likelihood", max_iter=1000)
+    model.fit(answers[fit_rows])
+    assert model.n_iter_ > 2  # run to convergence, not crowd-kit's early stop
+    np.testing.assert_allclose(targets, model.predict_proba(answers), rtol=1e-5, atol=1e-6)
+    # the held-out rows' answers do not move the training rows' targets
+    changed = answers.copy()
+    changed[~fit_rows] = (changed[~fit_rows] + 1) % 8
+    other, _, _, _ = data.build_targets(
+        {**table, "crowd_expression": changed}, task="exp", target="ds", fit_rows=fit_rows
+    )
+    np.testing.assert_allclose(other[fit_rows], targets[fit_rows])
+    crowdkit, _, _, _ = data.build_targets(
+        table, task="exp", target="ds", fit_rows=fit_rows, ds_convergence="crowdkit"
+    )
+    assert not np.allclose(crowdkit, targets)

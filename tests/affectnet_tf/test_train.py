@@ -16,8 +16,10 @@ import yaml
 
 import affectnet_tf
 import crowd_layers
+from affectnet_tf import data, distribute, fit_loop, run_folder, worker_loop
 from affectnet_tf import train as train_module
-from affectnet_tf.train import DEFAULTS, _initial_confusions, train
+from affectnet_tf.config import RunConfig, data_roles
+from affectnet_tf.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[2]
         ("affectnet_c25/set1", "va", "cv", {}),
         ("affectnet_c25/set1", "all", "mv", {"num_classes": 7}),
         ("affectnet_c25/set1", "all", "cv", {}),
+        ("affectnet_c25/set1", "all", "mv", {"va_target": "cv"}),
+        ("affectnet_c25/set1", "all", "cv", {"va_target": "mean"}),
         ("affectnet_c25/set1", "exp", "original", {"schedule": "constant"}),
         ("affectnet", "exp", "original", {}),
         ("affectnet", "va", "original", {}),
@@ -46,9 +50,11 @@ def test_every_target_and_task(tiny_config, dataset, task, target, extra):
     files = {p.name for p in run.iterdir()}
     assert {"model.keras", "config.yaml", "history.csv", "metrics.json"} <= files
     assert "backup" not in files  # removed once the run ended
-    assert ("crowd_model.keras" in files) == (target == "cv")
-    assert ("annotators.npz" in files) == (target == "cv")
     heads = affectnet_tf.models.TASK_HEADS[task]
+    va_target = extra.get("va_target", "cv" if target == "cv" else "mean")
+    crowd_heads = [h for h in heads if (target if h == "expression" else va_target) == "cv"]
+    assert ("crowd_model.keras" in files) == bool(crowd_heads)
+    assert ("annotators.npz" in files) == bool(crowd_heads)
     saved_metrics = json.loads((run / "metrics.json").read_text())
     for head in heads:
         keys = {"accuracy", "f1_macro"} if head == "expression" else {"rmse", "ccc"}
@@ -61,21 +67,23 @@ def test_every_target_and_task(tiny_config, dataset, task, target, extra):
         assert {f"val_{prefix}f1_macro", f"val_{prefix}accuracy"} <= history
     for head in set(heads) & {"valence", "arousal"}:
         va_prefix = f"{head}_" if len(heads) > 1 else ""
-        assert (f"val_{va_prefix}ccc" in history) == (target != "cv")
+        assert (f"val_{va_prefix}ccc" in history) == (head not in crowd_heads)
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["task"] == task and config["target"] == target
     model = affectnet_tf.load_model(run / "model.keras")
     meta = affectnet_tf.model_metadata(model)
     assert meta["task"] == task and meta["target"] == target
+    assert meta["crowd_heads"] == crowd_heads
     assert len(meta["class_names"]) == extra.get("num_classes", 8)
-    if target == "cv":
+    if crowd_heads:
         annotators = np.load(run / "annotators.npz")
-        if "expression" in heads:
+        assert ("expression_confusions" in annotators) == ("expression" in crowd_heads)
+        if "expression" in crowd_heads:
             assert annotators["expression_confusions"].shape[0] == 25
-        if "valence" in heads:
+        if "valence" in crowd_heads:
             assert annotators["valence_bias"].shape == (25,)
             assert annotators["valence_noise"].shape == (25,)  # the default gaussian layer
-        if "expression" in heads and not extra:  # the default crowd layer
+        if "expression" in crowd_heads and not extra:  # the default crowd layer
             crowd_model = keras.models.load_model(run / "crowd_model.keras")
             layer = crowd_model.get_layer("crowd_expression")
             assert isinstance(layer, crowd_layers.CrowdsPooled)
@@ -157,22 +165,124 @@ def _flags(config):
     return flags
 
 
+def _weights(path):
+    """The arrays of a ``.weights.h5`` or ``.keras`` file, in order."""
+    import h5py
+
+    arrays = []
+    with h5py.File(path, "r") if str(path).endswith(".h5") else _keras_weights(path) as store:
+        store.visititems(
+            lambda name, item: (
+                arrays.append((name, np.array(item))) if isinstance(item, h5py.Dataset) else None
+            )
+        )
+    return arrays
+
+
+def _keras_weights(path):
+    import io
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(path) as archive:
+        return h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+
+
+def _assert_same_weights(first, second):
+    a, b = _weights(first), _weights(second)
+    assert [name for name, _ in a] == [name for name, _ in b]
+    for (name, x), (_, y) in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 @pytest.mark.slow
-def test_interrupted_run_resumes_at_the_next_epoch(tiny_config):
-    config = tiny_config(epochs=2, schedule="constant")
+def test_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_config, tmp_path):
+    """Killed after step 3 (inside epoch 2 of 3, in the fine-tuning phase), the same command
+    resumes after epoch 1 and ends with the weights, best epoch and metrics of an
+    uninterrupted run."""
+    settings = dict(epochs=3, freeze_epochs=1, steps_per_epoch=2, seed=4)
+    whole_config = tiny_config(output_dir=str(tmp_path / "whole"), **settings)
+    uninterrupted = _cli(_flags(whole_config))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    whole = json.loads(uninterrupted.stdout[uninterrupted.stdout.index("{\n") :])
+    config = tiny_config(output_dir=str(tmp_path / "killed"), **settings)
     command = _flags(config)
-    killed = _cli(command, env={"AFFECTNET_TF_FAIL_AFTER_EPOCH": "1"})
+    killed = _cli(command, env={fit_loop.FAIL_AT_STEP_ENV: "3"})
     assert killed.returncode == 3, killed.stderr[-3000:]
     run = Path(config["output_dir"])
     assert not (run / "model.keras").exists() and (run / "backup").is_dir()
-    resumed = _cli(command + ["--resume"])
+    resumed = _cli(command)  # the same command, no flag needed
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     output = resumed.stdout + resumed.stderr
-    assert "Resuming: True" in output
-    assert "Epoch 1/2" not in output and "Epoch 2/2" in output
+    assert "resuming in" in output
+    assert "Epoch 1/3" not in output and "Epoch 2/3" in output
     with open(run / "history.csv") as stream:
-        assert [row["epoch"] for row in csv.DictReader(stream)] == ["0", "1"]
-    assert (run / "model.keras").exists()
+        assert [row["epoch"] for row in csv.DictReader(stream)] == ["0", "1", "2"]
+    whole_run = Path(whole["run_dir"])
+    _assert_same_weights(whole_run / "best.weights.h5", run / "best.weights.h5")
+    _assert_same_weights(whole_run / "model.keras", run / "model.keras")
+    metrics = json.loads((run / "metrics.json").read_text())
+    np.testing.assert_allclose(
+        metrics["expression"]["accuracy"], whole["metrics"]["expression"]["accuracy"]
+    )
+
+
+def test_the_run_folder_is_resumed_only_with_the_same_settings(tmp_path):
+    config = RunConfig(output_dir=str(tmp_path / "run"), epochs=3, model="compact_cnn")
+    with pytest.raises(ValueError, match="no interrupted run to resume"):
+        run_folder.prepare_run_folder(RunConfig(**{**config.to_dict(), "resume": True}))
+    folder = run_folder.prepare_run_folder(config)
+    assert not folder.resuming
+    os.makedirs(folder.work_dir)
+    run_folder.write_run_config(folder.run_dir, config, {"train": {"images": 3}})
+    assert run_folder.prepare_run_folder(config).resuming  # the same settings: resume
+    other = RunConfig(**{**config.to_dict(), "epochs": 5, "learning_rate": 0.1})
+    with pytest.raises(ValueError, match=r"epochs: 3 there, 5 now; learning_rate: 0.001"):
+        run_folder.prepare_run_folder(other)
+    # where the data lives may change
+    moved = RunConfig(**{**config.to_dict(), "data_dir": str(tmp_path)})
+    assert run_folder.prepare_run_folder(moved).resuming
+    assert (
+        run_folder.prepare_run_folder(RunConfig(**{**other.to_dict(), "overwrite": True})).resuming
+        is False
+    )
+    assert not os.path.exists(folder.run_dir)  # --overwrite deleted it
+    os.makedirs(tmp_path / "notes")
+    (tmp_path / "notes" / "todo.txt").write_text("x")
+    with pytest.raises(ValueError, match="holds no run.*todo.txt"):
+        run_folder.prepare_run_folder(RunConfig(output_dir=str(tmp_path / "notes")))
+
+
+def test_best_epoch_survives_new_callbacks_and_only_improves(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    weights, state = str(tmp_path / "best.weights.h5"), str(tmp_path / "best.json")
+    first = fit_loop.BestCheckpoint(weights, state, "val_loss")
+    first.set_model(model)
+    first.on_epoch_end(0, {"val_loss": 0.5})
+    saved = [np.array(w) for w in model.get_weights()]
+    model.set_weights([w + 1 for w in saved])
+    first.on_epoch_end(1, {"val_loss": 0.7})  # worse: not saved
+    # a new phase or a restarted run: a fresh callback still knows the best value
+    second = fit_loop.BestCheckpoint(weights, state, "val_loss")
+    second.set_model(model)
+    second.on_epoch_end(2, {"val_loss": 0.6})
+    second.on_epoch_end(3, {"val_loss": float("nan")})
+    model.load_weights(weights)
+    for expected, actual in zip(saved, model.get_weights()):
+        np.testing.assert_array_equal(expected, actual)
+    assert json.loads(Path(state).read_text()) == {"monitor": "val_loss", "value": 0.5, "epoch": 0}
+    with pytest.raises(ValueError, match="val_f1_macro.*val_loss"):
+        fit_loop.BestCheckpoint(weights, state, "val_f1_macro").on_epoch_end(4, {"val_loss": 0.1})
+
+
+def test_a_diverged_run_stops_with_an_error_and_no_phase_marker(tiny_config):
+    config = tiny_config(learning_rate=1e30, epochs=2, schedule="constant", steps_per_epoch=2)
+    with pytest.raises(fit_loop.TrainingDivergedError, match="became nan"):
+        train(config)
+    run = Path(config["output_dir"])
+    assert not (run / "backup" / "train.done.weights.h5").exists()
+    assert not (run / "model.keras").exists()
 
 
 def _free_port():
@@ -211,14 +321,18 @@ def test_multi_worker_with_two_local_workers_killed_and_resumed(tiny_config, tmp
     """Two workers (TF_CONFIG on free localhost ports), killed after epoch 1, started again:
     the custom loop restores its CheckpointManager checkpoint and ends at epoch 2."""
     config = tiny_config(
-        epochs=2, strategy="multi_worker", output_dir=str(tmp_path / "mw"), augment=False
+        epochs=2,
+        strategy="multi_worker",
+        output_dir=str(tmp_path / "mw"),
+        augment=False,
+        jit_compile=True,
     )
-    codes, outputs = _run_workers(config, env={"AFFECTNET_TF_FAIL_AFTER_EPOCH": "1"})
+    codes, outputs = _run_workers(config, env={fit_loop.FAIL_AT_STEP_ENV: "2"})
     assert codes == [3, 3], outputs[0][-3000:]
     codes, outputs = _run_workers(config)
     for code, output in zip(codes, outputs):
         assert code == 0, output[-3000:]
-    assert "2 replica(s)" in outputs[0] and "Resuming: True" in outputs[0]
+    assert "2 replica(s)" in outputs[0] and "resuming in" in outputs[0]
     assert "Epoch 1/2" not in outputs[0] and "Epoch 2/2" in outputs[0]
     run = tmp_path / "mw"
     assert {p.name for p in tmp_path.iterdir()} == {"mw"}  # one run folder, the chief's
@@ -231,21 +345,43 @@ def test_multi_worker_with_two_local_workers_killed_and_resumed(tiny_config, tmp
     assert all(np.isfinite(float(row["val_loss"])) for row in rows)
 
 
-def test_monitor_mode_maximises_scores_and_minimises_losses():
-    from affectnet_tf.train import _monitor_mode
+def test_multi_worker_loop_refuses_what_it_cannot_do():
+    worker_loop.check_config(RunConfig(model="compact_cnn", jit_compile=True))
+    with pytest.raises(ValueError, match="--freeze-epochs 1.*--monitor val_f1_macro"):
+        worker_loop.check_config(
+            RunConfig(model="compact_cnn", epochs=3, freeze_epochs=1, monitor="val_f1_macro")
+        )
 
+
+def test_auto_strategy_asks_the_tpu_resolver(monkeypatch, capsys):
+    import tensorflow as tf
+
+    def no_tpu(*args, **kwargs):
+        raise ValueError("Please provide a TPU Name to connect to.")
+
+    monkeypatch.setattr(distribute, "_tpu_hinted", lambda: True)  # e.g. /dev/accel0 of an NPU
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", no_tpu)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    strategy = distribute.make_strategy("auto")
+    assert not isinstance(strategy, tf.distribute.TPUStrategy)
+    assert "No TPU found" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--strategy tpu: no TPU found"):
+        distribute.make_strategy("tpu")
+
+
+def test_monitor_mode_maximises_scores_and_minimises_losses():
     for name in ("val_loss", "val_expression_loss", "val_valence_rmse"):
-        assert _monitor_mode(name) == "min"
+        assert fit_loop.monitor_mode(name) == "min"
     for name in ("val_f1_macro", "val_accuracy", "val_arousal_ccc"):
-        assert _monitor_mode(name) == "max"
+        assert fit_loop.monitor_mode(name) == "max"
 
 
 def test_config_file_values_are_overridden_by_flags(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"model": "vgg19", "epochs": 3, "batch-size": 8}))
     config = train_module.parse_config(["--config", str(path), "--epochs", "5"])
-    assert config["model"] == "vgg19" and config["epochs"] == 5 and config["batch_size"] == 8
-    assert config["task"] == "exp"  # default
+    assert config.model == "vgg19" and config.epochs == 5 and config.batch_size == 8
+    assert config.task == "exp"  # default
     path.write_text(yaml.safe_dump({"epoch": 3}))
     with pytest.raises(ValueError, match="Unknown settings"):
         train_module.parse_config(["--config", str(path)])
@@ -258,27 +394,62 @@ def test_help_lists_groups_and_defaults(capsys):
     for group in ("Data", "Model", "Crowd", "Optimization", "Distribution", "Output"):
         assert f"{group}:" in text
     assert "(default: resnet50)" in text and "--crowd-layer" in text
+    for words in ("train, selection", "--overwrite", "continues an interrupted run", "--folds"):
+        assert words in " ".join(text.split())
 
 
-def test_dataset_resolution():
-    resolve = train_module.resolve_dataset
-    base = train_module.DEFAULTS
-    assert resolve({**base, "dataset": "affectnet_c25/set1"})[2:] == (
-        ("set1", "train"),
-        ("set1", "validation"),
+def test_data_roles_of_every_dataset():
+    def roles(**settings):
+        found = data_roles(RunConfig(model="compact_cnn", **settings))
+        return str(found.train), str(found.selection), str(found.test)
+
+    assert roles(dataset="affectnet_c25/set1") == ("set1:train", "set1:selection", "set1:test")
+    assert roles(dataset="affectnet") == ("train:train", "train:selection", "validation")
+    assert roles(dataset="synthetic_faces/tiny") == ("train", "validation", "test")
+    assert roles(dataset="affectnet_c25/set1", eval_split="set2") == (
+        "set1:train",
+        "set1:selection",
+        "set2",
     )
-    assert resolve({**base, "dataset": "affectnet_c25/set1", "eval_split": "set2"})[2:] == (
-        ("set1", None),
-        ("set2", None),
-    )
-    assert resolve({**base, "dataset": "affectnet"})[:4] == (
-        "affectnet",
-        None,
-        ("train", None),
-        ("validation", None),
-    )
+    assert roles(
+        dataset="affectnet", val_split="validation:selection", eval_split="validation:test"
+    )[1:] == ("validation:selection", "validation:test")
     with pytest.raises(ValueError, match="needs a set"):
-        resolve({**base, "dataset": "affectnet_c25"})
+        roles(dataset="affectnet_c25")
+    with pytest.raises(ValueError, match="selection, test data overlap"):
+        roles(dataset="affectnet_c25/set1", val_split="set1:test")
+    with pytest.raises(ValueError, match="train, selection, test data overlap: .*test=train"):
+        roles(dataset="affectnet", eval_split="train")
+    with pytest.raises(ValueError, match="SPLIT:SUBSET"):
+        roles(dataset="affectnet", val_split="train:validation")
+    with pytest.raises(ValueError, match="--folds cross-validates"):
+        roles(dataset="affectnet_c25/set1", folds=3, eval_split="set2")
+
+
+@pytest.mark.parametrize("dataset", ["affectnet_c25/set1", "affectnet", "synthetic_faces/tiny"])
+def test_the_three_roles_hold_disjoint_images(dataset, train_data_dir, synthetic_faces_tiny):
+    data_dir = synthetic_faces_tiny[0] if dataset.startswith("synthetic") else train_data_dir
+    stored = None if dataset.startswith("synthetic") else 32
+    config = RunConfig(
+        dataset=dataset,
+        data_dir=str(data_dir),
+        stored_image_size=stored,
+        model="compact_cnn",
+        target="original" if dataset == "affectnet" else "mv",
+        selection_fraction=0.25,
+        test_fraction=0.25,
+    )
+    datasets = train_module.RunDatasets(config, data_roles(config))
+    datasets.check_disjoint()
+    names = [
+        set(info.file_names)
+        for info in (datasets.train_info, datasets.selection_info, datasets.test_info)
+    ]
+    assert all(names) and not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    record = datasets.record()
+    for role, info in zip(("train", "selection", "test"), names):
+        assert record[role]["images"] == len(info)
+        assert record[role]["file_names_sha256"] == data.names_digest(info)
 
 
 def test_bad_settings(tiny_config, capsys):
@@ -288,6 +459,10 @@ def test_bad_settings(tiny_config, capsys):
         train(tiny_config(dataset="affectnet", target="cv"))
     with pytest.raises(ValueError, match="Unknown settings"):
         train(tiny_config(learning_rat=0.1))
+    with pytest.raises(ValueError, match="--target mean is a valence/arousal target"):
+        train(tiny_config(task="all", target="mean"))
+    with pytest.raises(ValueError, match="--va-target cv needs a valence/arousal task"):
+        train(tiny_config(task="exp", va_target="cv"))
     assert train_module.main(["--model", "resnet18"]) == 2
     assert "known models" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -326,7 +501,6 @@ def test_confusion_layer_starts_from_dawid_skene_of_the_training_answers(synthet
 
     expected = crowd_layers.DawidSkene(num_classes=8, smoothing=1.0).fit(answers).confusions_
     config = {
-        **DEFAULTS,
         "dataset": "synthetic_faces/tiny",
         "data_dir": str(data_dir),
         "target": "cv",
@@ -334,23 +508,18 @@ def test_confusion_layer_starts_from_dawid_skene_of_the_training_answers(synthet
         "model": "compact_cnn",
         "weights": None,
     }
-    heads = ["expression"]
-    start = _initial_confusions(config, heads, "synthetic_faces/tiny", "train", None, None)
-    np.testing.assert_allclose(start, expected)
-    assert (
-        _initial_confusions({**config, "crowd_init": "diagonal"}, heads, "x", "y", None, None)
-        is None
-    )
-    assert _initial_confusions({**config, "target": "mv"}, heads, "x", "y", None, None) is None
+
+    def start(**changes):
+        run_config = RunConfig.from_dict({**config, **changes})
+        return train_module.initial_confusions(run_config, data_roles(run_config))
+
+    np.testing.assert_allclose(start(), expected)
+    assert start(crowd_init="diagonal") is None
+    assert start(target="mv") is None
     with pytest.raises(ValueError, match="--crowd-init ds initialises a confusion crowd layer"):
-        _initial_confusions(
-            {**config, "crowd_layer": "MW", "crowd_init": "ds"}, heads, "x", "y", None, None
-        )
-    from_votes = _initial_confusions(
-        {**config, "crowd_init": "mv"}, heads, "synthetic_faces/tiny", "train", None, None
-    )
+        start(crowd_layer="MW")
     np.testing.assert_allclose(
-        from_votes, crowd_layers.majority_vote_confusions(answers, num_classes=8)
+        start(crowd_init="mv"), crowd_layers.majority_vote_confusions(answers, num_classes=8)
     )
 
     # the crowd layer of a run starts there: zero epochs of training would keep it; one short
@@ -368,3 +537,54 @@ def test_confusion_layer_starts_from_dawid_skene_of_the_training_answers(synthet
     )
     learned = np.load(Path(run["run_dir"]) / "annotators.npz")["expression_confusions"]
     np.testing.assert_allclose(learned, expected, atol=1e-3)
+
+
+def test_a_rerun_with_the_same_seed_gives_the_same_weights(tiny_config, tmp_path):
+    settings = dict(epochs=2, steps_per_epoch=2, seed=7, class_balanced=True)
+    first = train(tiny_config(output_dir=str(tmp_path / "a"), **settings))
+    second = train(tiny_config(output_dir=str(tmp_path / "b"), **settings))
+    _assert_same_weights(
+        Path(first["run_dir"]) / "model.keras", Path(second["run_dir"]) / "model.keras"
+    )
+    assert first["history"]["loss"] == second["history"]["loss"]
+    other = train(tiny_config(output_dir=str(tmp_path / "c"), **{**settings, "seed": 8}))
+    assert other["history"]["loss"] != first["history"]["loss"]
+    # the data roles and the test labels do not depend on the training seed
+    assert other["data_roles"] == first["data_roles"]
+
+
+def test_evaluation_labels_do_not_depend_on_the_training_seed(tiny_config):
+    result = train(tiny_config(seed=11, steps_per_epoch=1))
+    again = affectnet_tf.evaluate.evaluate_run(result["run_dir"], report=False)
+    for head, values in result["metrics"].items():
+        if isinstance(values, dict) and "accuracy" in values:
+            assert again[head]["accuracy"] == values["accuracy"]
+            assert again[head]["f1_macro"] == values["f1_macro"]
+    saved = json.loads((Path(result["run_dir"]) / "metrics.json").read_text())
+    assert saved["data_roles"] == result["data_roles"]
+    assert {"train", "selection", "test"} == set(saved["data_roles"])
+    config = yaml.safe_load((Path(result["run_dir"]) / "config.yaml").read_text())
+    assert config["data_roles"] == result["data_roles"]
+
+
+def test_k_fold_cross_validation_reports_mean_and_spread(tiny_config):
+    config = tiny_config(folds=2, steps_per_epoch=1)
+    result = train(config)
+    run = Path(result["run_dir"])
+    assert {"fold_0", "fold_1", "metrics.json", "config.yaml"} <= {p.name for p in run.iterdir()}
+    summary = json.loads((run / "metrics.json").read_text())
+    accuracy = summary["expression/accuracy"]
+    assert len(accuracy["folds"]) == 2
+    np.testing.assert_allclose(accuracy["mean"], np.mean(accuracy["folds"]))
+    np.testing.assert_allclose(accuracy["std"], np.std(accuracy["folds"], ddof=1))
+    tests = [
+        set(
+            json.loads((run / f"fold_{k}" / "metrics.json").read_text())["data_roles"][
+                "test"
+            ].items()
+        )
+        for k in range(2)
+    ]
+    assert tests[0] != tests[1]  # each fold tests other images
+    with pytest.raises(ValueError, match="finished run"):
+        train(config)

@@ -539,3 +539,36 @@ def test_benchmark_quick_runs():
     assert "speedup" in result.stdout
     assert "DawidSkene" in result.stdout
     assert time.perf_counter() - start < 300
+
+
+def test_dawid_skene_predict_proba_is_the_fitted_posterior():
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 3, 60)
+    answers = np.where(rng.random((60, 5)) < 0.8, truth[:, None], rng.integers(0, 3, (60, 5)))
+    answers[rng.random((60, 5)) < 0.3] = -1
+    answers[0] = -1  # no answers: the priors
+    model = DawidSkene(num_classes=3, convergence="log_likelihood").fit(answers)
+    # after the last M-step the posteriors move slightly, so compare with a tolerance
+    np.testing.assert_allclose(model.predict_proba(answers), model.probas_, atol=0.02)
+    np.testing.assert_allclose(model.predict_proba(answers[:1])[0], model.priors_)
+    held_out = model.predict_proba([[2, 2, 2, -1, -1]])
+    assert held_out.shape == (1, 3) and held_out[0].argmax() == 2
+    with pytest.raises(ValueError, match="fitted on 5"):
+        model.predict_proba(np.zeros((2, 7), np.int64))
+    with pytest.raises(ValueError, match="not fitted"):
+        DawidSkene().predict_proba([[0]])
+
+
+def test_majority_vote_keyed_ties_depend_on_the_key_only():
+    answers = np.array([[0, 1], [0, 1], [2, 2], [1, 2]])
+    keys = np.array([0, 1, 5, 3], np.uint64)
+    labels = majority_vote(answers, 3, tie_break="keyed", keys=keys)
+    np.testing.assert_array_equal(labels, [0, 1, 2, 2])
+    # the same item and key give the same label in any order and company
+    np.testing.assert_array_equal(
+        majority_vote(answers[::-1], 3, tie_break="keyed", keys=keys[::-1]), labels[::-1]
+    )
+    with pytest.raises(ValueError, match="one integer key per item"):
+        majority_vote(answers, 3, tie_break="keyed")
+    with pytest.raises(ValueError, match="non-negative"):
+        majority_vote(answers, 3, tie_break="keyed", keys=np.array([-1, 0, 0, 0]))

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from affectnet_tf import data
-from affectnet_tf.train import DEFAULTS, _eval_targets, _validation_split, resolve_dataset
+from affectnet_tf.config import RunConfig, data_roles, eval_targets
 from crowd_layers.aggregation import DawidSkene
 from tfds_affectnet import AffectNetC25, labels
 from tfds_affectnet.synthetic_faces import (
@@ -216,23 +216,30 @@ def test_va_profiles_recover_scale_bias_and_noise():
 
 
 def test_training_paths_use_the_truth_and_three_splits():
-    config = {**DEFAULTS, "dataset": "synthetic_faces/sparse"}
-    name, tfds_config, train, evaluation = resolve_dataset(config)
-    assert (name, tfds_config, train, evaluation) == (
-        "synthetic_faces",
-        "sparse",
-        ("train", None),
-        ("test", None),
+    config = RunConfig(dataset="synthetic_faces/sparse", model="compact_cnn")
+    roles = data_roles(config)
+    assert (roles.name, roles.tfds_config) == ("synthetic_faces", "sparse")
+    assert (str(roles.train), str(roles.selection), str(roles.test)) == (
+        "train",
+        "validation",
+        "test",
     )
-    assert _validation_split(config, *evaluation) == ("validation", None)
-    assert _eval_targets({**config, "target": "cv"}) == ("true", "true")
-    resized = resolve_dataset({**config, "stored_image_size": 48})[1]
-    assert (resized.name, resized.image_size, resized.answers_per_image) == ("sparse_48", 48, 3)
+    assert eval_targets(RunConfig(dataset="synthetic_faces/sparse", target="cv")) == (
+        "true",
+        "true",
+    )
+    resized = data_roles(RunConfig(dataset="synthetic_faces/sparse", stored_image_size=48))
+    config_48 = resized.builder_config
+    assert (config_48.name, config_48.image_size, config_48.answers_per_image) == (
+        "sparse_48",
+        48,
+        3,
+    )
     with pytest.raises(ValueError, match="configs"):
-        resolve_dataset({**config, "dataset": "synthetic_faces/huge", "stored_image_size": 48})
-    c25 = {**DEFAULTS, "dataset": "affectnet_c25/set1"}
-    assert _validation_split(c25, "set1", "validation") == ("set1", "validation")
-    assert _eval_targets({**c25, "target": "cv"}) == ("mv", "mean")
+        data_roles(RunConfig(dataset="synthetic_faces/huge", stored_image_size=48))
+    c25 = data_roles(RunConfig(dataset="affectnet_c25/set1"))
+    assert str(c25.selection) == "set1:selection" and str(c25.test) == "set1:test"
+    assert eval_targets(RunConfig(dataset="affectnet_c25/set1", target="cv")) == ("mv", "mean")
 
 
 @pytest.mark.parametrize("target", ["true", "mv", "ds", "cv", "original"])

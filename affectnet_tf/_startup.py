@@ -1,0 +1,61 @@
+"""TensorFlow imported without its C++ start-up notices (see the package docstring)."""
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+
+__all__ = ["import_tensorflow_quietly"]
+
+# Printed through absl while TensorFlow's libraries load, before TensorFlow reads
+# TF_CPP_MIN_LOG_LEVEL (tensorflow/tensorflow#100442): the INFO notice of a machine without a GPU,
+# once per library, each after absl's header line.
+_NOTICES = re.compile(
+    rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|.*\bcudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, "
+    rb"GPU will not be used\."
+)
+
+
+def drop_notices(data):
+    """``data`` (bytes written to the standard error) without the lines of ``_NOTICES``."""
+    lines = data.splitlines(keepends=True)
+    return b"".join(line for line in lines if not _NOTICES.fullmatch(line.rstrip(b"\r\n")))
+
+
+@contextlib.contextmanager
+def notices_filtered():
+    """Holds back what is written to file descriptor 2, then writes it back less the notices."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no standard error to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = drop_notices(captured.read())
+            while kept:
+                kept = kept[os.write(2, kept) :]
+
+
+def import_tensorflow_quietly():
+    """Imports TensorFlow with ``TF_CPP_MIN_LOG_LEVEL`` 2 unless set, without its notices.
+
+    Nothing is filtered when TensorFlow is already imported or when the user asked for INFO lines
+    (``TF_CPP_MIN_LOG_LEVEL=0``); any other line the import writes is passed on, after it.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"].strip() not in ("", "0")
+    with notices_filtered() if quiet else contextlib.nullcontext():
+        import tensorflow  # noqa: F401

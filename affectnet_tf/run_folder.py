@@ -1,0 +1,121 @@
+"""The run folder: starting, resuming and finishing a run safely.
+
+A run folder holds ``config.yaml`` from the start and a ``backup/`` work folder until the run
+has finished (``metrics.json`` written). Starting the training command on a folder:
+
+- empty or absent: a new run;
+- holding an unfinished run (``config.yaml`` and ``backup/``) with the same settings: it
+  resumes after the last finished epoch (``--resume`` requires this case);
+- holding a run with other settings, a finished run, or files that are not a run: an error
+  naming the differing settings or the files, unless ``--overwrite`` (which deletes it first).
+
+Settings that say where things are (:data:`affectnet_tf.config.RESUME_NEUTRAL`) may differ.
+"""
+
+import dataclasses
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import yaml
+
+from affectnet_tf.config import config_differences, load_config
+
+__all__ = ["RunFolder", "prepare_run_folder", "read_run_config", "write_run_config"]
+
+ROLES_KEY = "data_roles"  # config.yaml's record of the images of each role (not a setting)
+
+
+@dataclasses.dataclass
+class RunFolder:
+    """Where a run writes: ``output_dir`` (the chief's ``run_dir``; other workers write into a
+    temporary ``run_dir``), its ``work_dir`` for backups, and whether it resumes."""
+
+    output_dir: str
+    run_dir: str
+    work_dir: str
+    resuming: bool
+    chief: bool
+
+    @property
+    def restore_dir(self):
+        """The chief's work folder, which every worker restores from."""
+        return os.path.join(self.output_dir, "backup")
+
+
+def read_run_config(path):
+    """The settings of a run's ``config.yaml`` (without its data-role record)."""
+    settings = load_config(path)
+    settings.pop(ROLES_KEY, None)
+    return settings
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def write_run_config(folder, config, roles_record=None):
+    """Writes ``config.yaml``: every setting, then the images of each role."""
+    record = _plain(config.to_dict())
+    if roles_record is not None:
+        record[ROLES_KEY] = _plain(roles_record)
+    path = os.path.join(folder, "config.yaml")
+    with open(f"{path}.partial", "w") as stream:
+        yaml.safe_dump(record, stream, sort_keys=False)
+    os.replace(f"{path}.partial", path)
+
+
+def prepare_run_folder(config, chief=True, finished_marker="metrics.json"):
+    """Checks ``config.output_dir`` as the module docstring says and returns a
+    :class:`RunFolder`. Raises ``ValueError`` naming the problem."""
+    output_dir = os.path.abspath(config.output_dir)
+    work_dir_of_chief = os.path.join(output_dir, "backup")
+    if not chief:  # workers follow the chief, which checked the folder
+        run_dir = tempfile.mkdtemp(prefix="affectnet_tf_worker_")
+        return RunFolder(
+            output_dir,
+            run_dir,
+            os.path.join(run_dir, "backup"),
+            os.path.isdir(work_dir_of_chief),
+            chief,
+        )
+    if config.overwrite and os.path.isdir(output_dir):
+        shutil.rmtree(output_dir)
+    config_path = os.path.join(output_dir, "config.yaml")
+    resuming = False
+    if os.path.exists(config_path):
+        differences = config_differences(read_run_config(config_path), config)
+        if differences:
+            listed = "; ".join(
+                f"{name}: {old!r} there, {new!r} now" for name, old, new in differences
+            )
+            raise ValueError(
+                f"The run folder {output_dir} holds a run with other settings ({listed}). "
+                "Use the same settings to resume it, another --output-dir, or --overwrite to "
+                "replace it."
+            )
+        if not os.path.isdir(work_dir_of_chief):
+            state = (
+                "a finished run"
+                if os.path.exists(os.path.join(output_dir, finished_marker))
+                else "a run without a backup to resume from"
+            )
+            raise ValueError(
+                f"The run folder {output_dir} holds {state}; choose another --output-dir or "
+                "pass --overwrite."
+            )
+        resuming = True
+    elif os.path.isdir(output_dir) and os.listdir(output_dir):
+        raise ValueError(
+            f"The folder {output_dir} is not empty and holds no run (no config.yaml): "
+            f"{sorted(os.listdir(output_dir))[:5]}. Choose another --output-dir or pass "
+            "--overwrite to delete it."
+        )
+    if config.resume and not resuming:
+        raise ValueError(f"--resume: there is no interrupted run to resume in {output_dir}.")
+    return RunFolder(output_dir, output_dir, work_dir_of_chief, resuming, chief)

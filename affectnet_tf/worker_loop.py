@@ -1,0 +1,168 @@
+"""The custom training loop for ``--strategy multi_worker``.
+
+Keras 3 ``model.fit`` does not run under ``MultiWorkerMirroredStrategy``
+(keras-team/keras#20585), so several machines train with ``strategy.run`` and
+``tf.GradientTape``: a SUM-reduced loss divided by the global batch, a
+``tf.train.CheckpointManager`` after every epoch (epoch, weights, optimizer and the best
+selection loss), the selection loss after each epoch, ``best.weights.h5`` for the best one,
+``history.csv`` and TensorBoard logs. It supports what ``model.fit`` does except a frozen
+first phase and a ``--monitor`` other than ``val_loss``, which :func:`check_config` refuses.
+"""
+
+import importlib.util
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from affectnet_tf.fit_loop import (
+    FAIL_AT_STEP_ENV,
+    TrainingDivergedError,
+    reseed_layers,
+    truncate_history,
+)
+
+__all__ = ["check_config", "train_custom_loop"]
+
+
+def check_config(config):
+    """Refuses the settings this loop cannot honour, naming them."""
+    unsupported = []
+    if config.freeze_epochs:
+        unsupported.append(f"--freeze-epochs {config.freeze_epochs} (a frozen first phase)")
+    if config.monitor != "val_loss":
+        unsupported.append(f"--monitor {config.monitor} (only val_loss is computed)")
+    if unsupported:
+        raise ValueError(
+            "--strategy multi_worker trains with a custom loop that does not support "
+            + "; ".join(unsupported)
+            + ". Leave these settings at their defaults for multi-worker training."
+        )
+
+
+def _selection_loss(model, losses, heads, val_ds):
+    """Mean per-image loss of ``model`` on the selection data (summed over heads), locally."""
+    total, count = 0.0, 0
+    for images, targets in val_ds:
+        outputs = model(images, training=False)
+        if len(heads) == 1:
+            outputs, targets = {heads[0]: outputs}, {heads[0]: targets}
+        per_sample = sum(losses[head](targets[head], outputs[head]) for head in heads)
+        total += float(tf.reduce_sum(per_sample))
+        count += int(tf.shape(images)[0])
+    return total / max(count, 1)
+
+
+def train_custom_loop(
+    strategy, built, config, losses, train_data, val_ds, steps, run_dir, work_dir, restore_dir
+):
+    """Trains ``built.training_model`` for ``config.epochs`` epochs (arguments as
+    :func:`affectnet_tf.fit_loop.fit_phases`; ``restore_dir`` is the chief's work folder, which
+    every worker restores from).
+
+    Returns:
+        The history of the epochs trained in this call: ``loss`` and ``val_loss``.
+    """
+    check_config(config)
+    model = built.training_model
+    epochs = int(config.epochs)
+    global_batch = int(config.batch_size)
+    heads = list(losses)
+    with strategy.scope():
+        schedule = config.learning_rate
+        if config.schedule == "cosine":
+            schedule = keras.optimizers.schedules.CosineDecay(schedule, max(1, steps * epochs))
+        optimizer = keras.optimizers.Adam(schedule)
+        if config.mixed_precision:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        best_var = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
+    for loss in losses.values():
+        loss.reduction = "none"
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, epoch=epoch_var, best_val_loss=best_var
+    )
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(work_dir, "ckpt"), 1)
+    latest = tf.train.latest_checkpoint(os.path.join(restore_dir, "ckpt"))
+    if latest:
+        checkpoint.restore(latest)
+    start = int(epoch_var.numpy())
+    iterator = iter(strategy.experimental_distribute_dataset(train_data(start, epochs)))
+
+    def gradients(images, targets):
+        with tf.GradientTape() as tape:
+            outputs = model(images, training=True)
+            if len(heads) == 1:
+                outputs, targets = {heads[0]: outputs}, {heads[0]: targets}
+            total = 0.0
+            for head in heads:
+                per_sample = losses[head](targets[head], outputs[head])
+                total += tf.nn.compute_average_loss(per_sample, global_batch_size=global_batch)
+            if model.losses:
+                total += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = optimizer.scale_loss(total) if config.mixed_precision else total
+        return total, tape.gradient(scaled, model.trainable_variables)
+
+    if config.jit_compile:
+        gradients = tf.function(gradients, jit_compile=True)
+
+    def replica_step(images, targets):
+        total, grads = gradients(images, targets)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return total
+
+    @tf.function
+    def train_step(iterator):
+        per_replica = strategy.run(replica_step, args=next(iterator))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    history = {}
+    fail_at = int(os.environ.get(FAIL_AT_STEP_ENV) or 0)
+    history_path = os.path.join(run_dir, "history.csv")
+    truncate_history(history_path, start)
+    writer = None
+    if importlib.util.find_spec("tensorboard") is None:
+        print("tensorboard is not installed: no TensorBoard logs (pip install tensorboard).")
+    else:
+        writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs"))
+    for epoch in range(start, epochs):
+        print(f"Epoch {epoch + 1}/{epochs}")
+        reseed_layers(model, config.seed, epoch)
+        progress = keras.utils.Progbar(steps)
+        total = 0.0
+        for step in range(steps):
+            loss = float(train_step(iterator))
+            total += loss
+            progress.update(step + 1, [("loss", loss)])
+            if fail_at and epoch * steps + step + 1 == fail_at:
+                sys.stdout.flush()
+                os._exit(3)
+        if not np.isfinite(total):
+            raise TrainingDivergedError(
+                f"The training loss became {total / steps} in epoch {epoch + 1}; training "
+                "stopped, the run folder keeps its last good checkpoint. Lower "
+                "--learning-rate (or check the data), then start again with --overwrite."
+            )
+        val_loss = _selection_loss(model, losses, heads, val_ds)
+        print(f"loss {total / steps:.4f} - val_loss {val_loss:.4f}")
+        history.setdefault("loss", []).append(total / steps)
+        history.setdefault("val_loss", []).append(val_loss)
+        if val_loss < float(best_var.numpy()):
+            best_var.assign(val_loss)
+            model.save_weights(os.path.join(run_dir, "best.weights.h5"))
+        if writer is not None:
+            with writer.as_default():
+                tf.summary.scalar("loss", total / steps, step=epoch)
+                tf.summary.scalar("val_loss", val_loss, step=epoch)
+            writer.flush()
+        new_file = not os.path.exists(history_path)
+        with open(history_path, "a") as stream:
+            if new_file:
+                stream.write("epoch,loss,val_loss\n")
+            stream.write(f"{epoch},{total / steps},{val_loss}\n")
+        epoch_var.assign(epoch + 1)
+        manager.save()
+    return history
