@@ -1,11 +1,11 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` and `make test` (`make docs` builds the site).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint docs bench clean
 
 # The virtual environment; re-installed only when the packaging files change.
 $(BIN)/python:
@@ -18,6 +18,10 @@ $(VENV)/.installed: setup.py pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: setup.py pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(VENV)/.installed $(VENV)/.installed-docs $@
+
+$(VENV)/.installed-docs: setup.py pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
 	touch $(VENV)/.installed $@
 
 # Synthetic faces with a simulated AffectNetC25 crowd: builds the dataset, trains one small model
@@ -29,11 +33,16 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(VENV)/.installed-test lint
+# The documentation site into site/; --strict fails on any warning (broken links, missing
+# references, docstring problems). NO_MKDOCS_2_WARNING hides Material's notice about MkDocs 2.0.
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+test: $(VENV)/.installed-test lint docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_crowd.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_DIR) build site *.egg-info .pytest_cache .ruff_cache

@@ -35,6 +35,15 @@ INSTALL_REQUIRES = [
 # tensorflow-datasets 4.9.10 imports it at start-up.
 BEAM_REQUIRES = ["apache-beam>=2.50", "mlcroissant"]
 
+# The documentation site (`make docs`): minor versions pinned, since `mkdocs build --strict`
+# fails on any new warning that a newer docstring parser or theme may bring.
+DOCS_REQUIRES = [
+    "mkdocs>=1.6,<1.7",
+    "mkdocs-material>=9.8,<9.9",
+    "mkdocstrings[python]>=1.0,<1.1",
+    "mkdocstrings-python>=2.0,<2.1",
+]
+
 EXTRAS_REQUIRE = {
     "test": [
         "pytest>=7.4",
@@ -46,8 +55,11 @@ EXTRAS_REQUIRE = {
         "scikit-image>=0.22",
         # The Beam generation test runs in `make test`, so that CI keeps that path working.
         *BEAM_REQUIRES,
+        # `make test` builds the documentation, so that CI keeps it building.
+        *DOCS_REQUIRES,
     ],
     "beam": BEAM_REQUIRES,
+    "docs": DOCS_REQUIRES,
 }
 
 setup(

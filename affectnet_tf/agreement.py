@@ -17,9 +17,11 @@ without file names can use ``"lowest"`` (the lowest tied class) or ``"prior"`` (
 answered most often overall).
 
 The figures of the real C25 CSVs alone (no images, no model) show the human ceiling before
-any training::
+any training:
 
-    python -m affectnet_tf.agreement --csv-dir DIR [--training-csv training.csv]
+```bash
+python -m affectnet_tf.agreement --csv-dir DIR [--training-csv training.csv]
+```
 """
 
 import argparse
@@ -129,8 +131,9 @@ def leave_one_out_majorities(answers, num_classes=8, *, file_names=None, tie_bre
     Args:
         answers: ``(N, R)`` class answers, ``-1`` for no answer.
         num_classes: number of classes.
-        file_names, tie_break: the tie rule, as in :func:`crowd_majority`; every column
-            breaks an item's ties with the same key.
+        file_names: the ``N`` images' file names, the keys of the ``"keyed"`` tie rule
+            (:func:`crowd_majority`); every column breaks an item's ties with the same key.
+        tie_break: the majority vote's tie rule, as in :func:`crowd_majority`.
 
     Returns:
         ``(N, R)`` int64: column ``r`` is the majority vote of all annotators but ``r``
@@ -234,9 +237,11 @@ def annotator_agreement(
 
     Args:
         crowd_expression: ``(N, R)`` class answers, ``-1`` for no answer (canonical order).
-        crowd_valence, crowd_arousal: ``(N, R)`` float answers, NaN for no answer.
+        crowd_valence: ``(N, R)`` float valence answers, NaN for no answer.
+        crowd_arousal: ``(N, R)`` float arousal answers, NaN for no answer.
         model_expression: model class probabilities ``(N, K)`` or class indices ``(N,)``.
-        model_valence, model_arousal: model predictions ``(N,)``.
+        model_valence: the model's valence predictions ``(N,)``.
+        model_arousal: the model's arousal predictions ``(N,)``.
         original_expression: AffectNet's original label ``(N,)``; codes outside
             ``0..num_classes-1`` count as missing.
         num_classes: number of expression classes.

@@ -48,7 +48,7 @@ __all__ = [
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 
 # settings that may differ between a run and its resumption (where things are, not what runs)
-RESUME_NEUTRAL = ("resume", "overwrite", "output_dir", "data_dir", "manual_dir")
+RESUME_NEUTRAL = ("resume", "overwrite", "output_dir", "data_dir", "manual_dir", "report")
 
 
 def _setting(group, default, help_text, choices=None):
@@ -192,6 +192,9 @@ class RunConfig:
         "one anyway; a run with other settings there is an error)",
     )
     overwrite: bool = _setting("Output", False, "delete an existing run folder first")
+    report: bool = _setting(
+        "Output", True, "write report/ (HTML, Markdown, figures) beside metrics.json"
+    )
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -311,7 +314,9 @@ def build_parser():
         if group not in groups:
             groups[group] = parser.add_argument_group(group)
         flag = "--" + field.name.replace("_", "-")
-        help_text = f"{field.metadata['help']} (default: {field.default})"
+        help_text = field.metadata["help"]
+        if "(default:" not in help_text:
+            help_text = f"{help_text} (default: {field.default})"
         kind = _flag_type(field.type)
         if kind is bool:
             groups[group].add_argument(

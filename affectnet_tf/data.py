@@ -476,10 +476,10 @@ def _colour_matrices(seed, batch, saturation, hue_degrees):
 def _augment_with_opencv(images, transforms, contrast, shift, colour, image_size):
     """NumPy side of :func:`augment_batch`: one ``warpAffine`` and one ``transform`` per image.
 
-    OpenCV's kernels run 5-7x faster than TensorFlow's ``ImageProjectiveTransformV3`` on CPU
-    and release the GIL, so ``tf.data`` still runs several batches in parallel. The warp runs on
-    RGBA: OpenCV's bilinear warp has a SIMD path for 4 channels and not for 3 (0.12 against
-    0.28 ms for 224x224 on this project's machine; the two channel conversions cost 0.01 ms).
+    OpenCV's kernels are faster than TensorFlow's ``ImageProjectiveTransformV3`` on CPU and
+    release the GIL, so ``tf.data`` still runs several batches in parallel (figures on the
+    Benchmarks page). The warp runs on RGBA: OpenCV's bilinear warp has a SIMD path for 4
+    channels and not for 3, which outweighs the two channel conversions.
     """
     size = int(image_size)
     out = np.empty((len(images), size, size, 3), np.uint8)
@@ -643,6 +643,8 @@ def make_dataset(
     shuffle_buffer=4096,
     drop_remainder=False,
     ds_convergence="log_likelihood",
+    cache_bytes=2**30,
+    pad_to_multiple=None,
     return_info=False,
 ):
     """A batched, prefetched ``tf.data.Dataset`` of ``(image, targets)`` ready for ``model.fit``.
@@ -665,8 +667,8 @@ def make_dataset(
         num_classes: 8, or 7 to drop contempt (crowd answers of contempt become "no answer";
             images whose 8-class majority is contempt, or whose label is contempt, are dropped
             and counted).
-        data_dir: TFDS data folder. manual_dir: manual download folder, used only when the
-            dataset is not prepared yet.
+        data_dir: TFDS data folder.
+        manual_dir: manual download folder, used only when the dataset is not prepared yet.
         config: a ``tfds.core.BuilderConfig`` instance for a custom configuration (another
             stored image size, for instance), instead of a config name in ``name``.
         subset: ``None`` (the whole split), ``"train"``, ``"selection"`` or ``"test"``: a role
@@ -680,6 +682,13 @@ def make_dataset(
             ``epochs`` each iteration over the dataset is a new shuffled, augmented pass.
         ds_convergence: Dawid-Skene's stopping rule for ``target="ds"``
             (:class:`crowd_layers.DawidSkene`).
+        cache_bytes: a split whose decoded images take at most this many bytes is decoded
+            once and kept in memory (augmentation still runs on every pass).
+        pad_to_multiple: pads a last batch whose size is not a multiple of this with black
+            images whose labels are all missing (-1, NaN, all-zero rows), which the masked
+            losses and metrics ignore: several replicas then get equal shares (Keras and
+            ``MirroredStrategy`` fail on unequal ones). For the validation data of a
+            multi-replica run.
         return_info: also return a :class:`DatasetInfo`.
 
     Returns:
@@ -744,11 +753,48 @@ def make_dataset(
     def _targets(i):
         return tf.nest.map_structure(lambda values: tf.gather(values, i), targets_t)
 
-    def _load(encoded, i):
+    def _missing_value(head, values):
+        """The missing marker of one row of a head's targets: -1, NaN, or an all-zero row."""
+        row = np.asarray(values)[:1]
+        if row.dtype.kind in "iu":
+            return tf.constant(np.full_like(row, -1))
+        if head == "expression":  # a distribution (soft, ds)
+            return tf.constant(np.zeros_like(row))
+        return tf.constant(np.full_like(row, np.nan))
+
+    if isinstance(targets, dict):
+        missing = {head: _missing_value(head, values) for head, values in targets.items()}
+    else:
+        missing = _missing_value("expression" if task == "exp" else "value", targets)
+
+    def _pad_batch(images, values, markers):
+        size = tf.shape(images)[0]
+        extra = (pad_to_multiple - size % pad_to_multiple) % pad_to_multiple
+        images = tf.concat([images, tf.zeros([extra, image_size, image_size, 3], images.dtype)], 0)
+
+        def pad(value, marker):
+            rows = tf.repeat(marker, extra, axis=0)
+            return tf.concat([value, tf.cast(rows, value.dtype)], 0)
+
+        return images, tf.nest.map_structure(pad, values, markers)
+
+    def _decode(encoded, i):
         image = decode_image(encoded)
         if stored_size != (image_size, image_size):
             image = resize_image(image, image_size)
         image.set_shape([image_size, image_size, 3])
+        return image, i
+
+    # small splits are decoded once and kept in memory (the demo's 2,400 faces at 64x64 take
+    # 29 MB); larger ones are decoded in every pass
+    cached = num_examples * image_size * image_size * 3 <= cache_bytes
+    if cached:
+        records = records.map(
+            _decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        ).cache()
+
+    def _load(payload, i):
+        image = payload if cached else _decode(payload, i)[0]
         return image, _targets(i)
 
     def one_pass(key):
@@ -771,6 +817,8 @@ def make_dataset(
             _load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None
         )
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        if pad_to_multiple and pad_to_multiple > 1:
+            dataset = dataset.map(lambda images, values: _pad_batch(images, values, missing))
         if augment:
             dataset = dataset.enumerate().map(
                 lambda step, batch: (

@@ -30,9 +30,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from affectnet_tf import agreement, data, metrics, models, reports
-from affectnet_tf.config import DEFAULTS, RunConfig, data_roles, eval_targets
+from affectnet_tf.config import DEFAULTS, RunConfig, data_roles, eval_targets, load_config
 from affectnet_tf.images import decode_image, resize_image
-from affectnet_tf.run_folder import read_run_config
+from affectnet_tf.run_folder import ROLES_KEY
 from tfds_affectnet import labels
 
 __all__ = [
@@ -507,7 +507,8 @@ def evaluate_model(
             ``data_dir``, ``config``, ``manual_dir``, and ``target`` / ``va_target``, the
             evaluation targets): enables the human-agreement section on splits with crowd
             answers, and the true annotators of synthetic_faces.
-        split, subset: recorded in ``metrics.json``.
+        split: recorded in ``metrics.json``.
+        subset: recorded in ``metrics.json``.
         report: also write the report.
         extra: further JSON-able entries for ``metrics.json``.
 
@@ -636,7 +637,9 @@ def evaluate_run(
             f"No trained model in the run folder: {model_path} does not exist (an unfinished run?)."
         )
     config_path = os.path.join(model_dir, "config.yaml")
-    settings = read_run_config(config_path) if os.path.exists(config_path) else {}
+    saved = load_config(config_path) if os.path.exists(config_path) else {}
+    saved_roles = saved.pop(ROLES_KEY, None)
+    settings = saved
     unknown = sorted(set(settings) - set(DEFAULTS))
     if unknown:
         print(f"Ignoring settings of an older version in {config_path}: {unknown}")
@@ -687,7 +690,18 @@ def evaluate_run(
         split=eval_split,
         subset=eval_subset,
         report=report,
-        extra={"dataset": roles.dataset_name, "target": target or exp_target},
+        extra={
+            "dataset": roles.dataset_name,
+            "target": target or exp_target,
+            # the run's record of its images, when its own test data is evaluated
+            **(
+                {"data_roles": saved_roles}
+                if saved_roles
+                and saved_roles["test"]["split"] == eval_split
+                and saved_roles["test"]["subset"] == eval_subset
+                else {}
+            ),
+        },
     )
 
 

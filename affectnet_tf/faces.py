@@ -5,12 +5,14 @@ The implementation lives in :mod:`tfds_affectnet._faces` because the video build
 its public home. :func:`crops_for_model` resizes crops to a model's input size the way the data
 pipeline resizes training images (:func:`affectnet_tf.images.resize_image`).
 
-Example::
+For example:
 
-    from affectnet_tf.faces import FaceCropper
+```python
+from affectnet_tf.faces import FaceCropper
 
-    cropper = FaceCropper(working_size=480, mode="all", crop_size=224)
-    faces = cropper.process([rgb_frame])[0]  # boxes, scores, landmarks, crops
+cropper = FaceCropper(working_size=480, mode="all", crop_size=224)
+faces = cropper.process([rgb_frame])[0]  # boxes, scores, landmarks, crops
+```
 """
 
 import numpy as np

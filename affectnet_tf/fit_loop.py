@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 
 import keras
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
     "restored_epoch",
     "reseed_layers",
     "BestCheckpoint",
+    "EpochTimer",
     "TrainingDivergedError",
     "compile_model",
     "fit_phases",
@@ -168,6 +170,27 @@ class _ReseedLayers(keras.callbacks.Callback):
         reseed_layers(self.model, self.seed, epoch)
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Adds ``train_seconds`` (the epoch's training steps) and ``val_seconds`` (its
+    validation) to the epoch's logs, so ``history.csv`` shows where the time goes. Put it
+    first in the callback list: later callbacks see the entries."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._validation = None
+
+    def on_test_begin(self, logs=None):
+        if getattr(self, "_start", None) is not None:
+            self._validation = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        end = time.perf_counter()
+        validation = self._validation or end
+        if logs is not None:
+            logs["train_seconds"] = validation - self._start
+            logs["val_seconds"] = end - validation
+
+
 class _DivergenceGuard(keras.callbacks.Callback):
     """Raises :class:`TrainingDivergedError` at the end of an epoch whose loss is not finite,
     before the later callbacks record it (``TerminateOnNaN`` ends that epoch early)."""
@@ -287,6 +310,7 @@ def fit_phases(strategy, built, config, losses, train_data, val_ds, steps, run_d
                 model, config, losses, phase.learning_rate, steps * (phase.stop - phase.start)
             )
         callbacks = [
+            EpochTimer(),
             _ReseedLayers(config.seed),
             keras.callbacks.TerminateOnNaN(),
             _DivergenceGuard(phase.name),

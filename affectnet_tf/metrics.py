@@ -367,9 +367,10 @@ def affect_metrics(y_true, y_pred):
     """RMSE, CORR, SAGR and CCC of valence or arousal predictions.
 
     Args:
-        y_true, y_pred: one dimension as ``(N,)`` or ``(N, 1)`` arrays; or valence and arousal
-            together, as ``(N, 2)`` arrays (columns valence, arousal) or dicts
+        y_true: the targets of one dimension as an ``(N,)`` or ``(N, 1)`` array; or valence
+            and arousal together, as an ``(N, 2)`` array (columns valence, arousal) or a dict
             ``{"valence": ..., "arousal": ...}``.
+        y_pred: the predictions, in the same form as ``y_true``.
 
     Returns:
         ``{"rmse", "corr", "sagr", "ccc"}``; for both dimensions
@@ -452,7 +453,7 @@ class ConcordanceCorrelation(_MomentMetric):
     Non-finite targets are ignored. The result is NaN while the denominator is 0 (targets and
     predictions one and the same constant; :func:`ccc` warns about it).
 
-    Example:
+    Examples:
         >>> model.compile(loss="mse", metrics=[ConcordanceCorrelation()])
     """
 

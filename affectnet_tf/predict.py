@@ -1,9 +1,9 @@
 """Prediction on images, folders and videos: ``python -m affectnet_tf.predict``.
 
-::
-
-    python -m affectnet_tf.predict --model-dir runs/exp INPUT... [--output FILE.jsonl|FILE.csv]
-        [--annotate OUT_DIR] [--fps 5 | --every-n 2] [--cache-dir boxes/]
+```bash
+python -m affectnet_tf.predict --model-dir runs/exp INPUT... [--output FILE.jsonl|FILE.csv]
+    [--annotate OUT_DIR] [--fps 5 | --every-n 2] [--cache-dir boxes/]
+```
 
 Every face of every used frame becomes one record with the keys ``source``, ``frame`` (0 for an
 image), ``box`` (x, y, width, height in the original frame), ``score`` (MTCNN's), ``expression``

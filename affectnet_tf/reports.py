@@ -65,7 +65,7 @@ def _png(figure):
 class Report:
     """Sections of paragraphs, tables and figures, saved as PNGs + ``report.html`` + ``report.md``.
 
-    Example:
+    Examples:
         >>> report = Report("Evaluation")
         >>> report.section("Metrics")
         >>> report.table(["metric", "value"], [["accuracy", 0.5]])
@@ -245,8 +245,9 @@ def plot_va(truth, predictions):
     """Predicted against true valence / arousal, and both on the circumplex.
 
     Args:
-        truth, predictions: ``{"valence": (N,), "arousal": (N,)}`` (either key may be absent);
+        truth: ``{"valence": (N,), "arousal": (N,)}`` (either key may be absent);
             non-finite targets are left out.
+        predictions: the same for the model's predictions.
 
     figsize ``(5 * panels, 5)``: one panel per dimension, plus the circumplex (true and
     predicted valence-arousal points on the unit circle) when both dimensions are there.
@@ -303,7 +304,8 @@ def plot_examples(images, true_labels, predicted_labels, class_names, columns=8)
 
     Args:
         images: ``uint8`` ``(N, H, W, 3)``.
-        true_labels, predicted_labels: ``(N,)`` class indices.
+        true_labels: ``(N,)`` class indices.
+        predicted_labels: ``(N,)`` class indices.
         columns: images per row.
 
     The correct ones come first (green titles), then the wrong ones (red). figsize
@@ -494,8 +496,8 @@ def evaluation_report(
         confusion: ``(K, K)`` counts, rows the true class (:func:`plot_confusion_matrix`).
         per_class: ``{"precision", "recall", "f1", "support"}`` arrays of length ``K``.
         examples: ``{"images", "true", "predicted"}`` for :func:`plot_examples`.
-        va_truth, va_predictions: ``{"valence": (N,), "arousal": (N,)}`` (either key may be
-            absent).
+        va_truth: ``{"valence": (N,), "arousal": (N,)}`` (either key may be absent).
+        va_predictions: the same for the model's predictions.
         history: training curves (:func:`plot_history`).
         annotators: a crowd run's learned annotators: ``confusions`` ``(R, K, K)`` or None,
             ``true_confusions`` (the true simulated ones) or None, ``note`` (a sentence) or

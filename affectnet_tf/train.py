@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import sys
+import time
 
 import keras
 import numpy as np
@@ -53,15 +54,17 @@ __all__ = [
     "build_parser",
     "parse_config",
     "initial_confusions",
+    "head_losses",
     "train",
     "cross_validate",
     "main",
 ]
 
 
-def _losses(config, heads, info):
+def head_losses(config, heads, info=None):
     """Per-head Keras losses, each from its head's own target (masked where a label can be
-    missing)."""
+    missing). ``info`` (the training data's :class:`affectnet_tf.DatasetInfo`) is needed for
+    ``class_weights``."""
     targets = config.head_targets
     crowd_losses = models.crowd_losses(config.crowd_layer, config.va_crowd_layer)
     weights = None
@@ -89,7 +92,7 @@ class RunDatasets:
     ``selection`` batches, the infos of all three roles (the test images are read by the
     evaluation), and the record of the roles."""
 
-    def __init__(self, config, roles):
+    def __init__(self, config, roles, replicas=1):
         self.config, self.roles = config, roles
         exp_target, va_target = eval_targets(config)
         self.eval_targets = {"target": exp_target, "va_target": va_target}
@@ -98,15 +101,27 @@ class RunDatasets:
             training=True,
             augment=config.augment,
             class_balanced=config.class_balanced,
-            drop_remainder=config.strategy == "tpu",
+            # Keras and tf.distribute fail on a last batch split unequally over replicas: a
+            # multi-replica run skips the few images of a partial training batch (a new draw
+            # each epoch) and pads its validation batches with images marked missing
+            drop_remainder=replicas > 1 or config.strategy == "tpu",
             seed=config.seed,
             **training,
         )
         _, self.train_info = self._make(roles.train, epochs=(0, 1), **self._train_options)
-        self.selection, self.selection_info = self._make(roles.selection, **training)
+        self.selection, self.selection_info = self._make(
+            roles.selection, pad_to_multiple=replicas, **training
+        )
         _, self.test_info = self._make(roles.test, **self.eval_targets)
         batches = self.train_info.num_examples / config.batch_size
-        per_pass = math.floor(batches) if config.strategy == "tpu" else math.ceil(batches)
+        drop = self._train_options["drop_remainder"]
+        if drop and batches < 1:
+            raise ValueError(
+                f"{self.train_info.num_examples} training images make no full batch of "
+                f"--batch-size {config.batch_size}, and a run on {replicas} replicas (or a TPU) "
+                "trains on full batches only: lower --batch-size."
+            )
+        per_pass = math.floor(batches) if drop else math.ceil(batches)
         self.steps = int(config.steps_per_epoch or max(1, per_pass))
 
     def _make(self, role, **kwargs):
@@ -175,6 +190,7 @@ class RunDatasets:
                 "images": info.num_examples,
                 "file_names_sha256": info.file_names_sha256,
                 "tied_majority_votes": info.tied_items,
+                "left_out": info.dropped,  # images of the role without the needed labels
             }
             if role.subset is not None:
                 cut = self.roles.partition_of(role, partition)
@@ -224,7 +240,9 @@ def train(config):
 
     Returns:
         A dict: ``run_dir``, ``metrics`` (also in ``metrics.json``), ``info`` (the training
-        data's :class:`affectnet_tf.DatasetInfo` as a dict), ``history`` and ``data_roles``.
+        data's :class:`affectnet_tf.DatasetInfo` as a dict), ``history``, ``data_roles`` and
+        ``seconds`` (where the time went: preparation, training with its steps and
+        validation, evaluation).
     """
     config = RunConfig.from_dict(config)
     if config.folds is not None and config.fold is None:
@@ -242,13 +260,14 @@ def train(config):
 
 
 def _train(config):
+    began = time.perf_counter()
     strategy = make_strategy(config.strategy)
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if multi_worker:
         worker_loop.check_config(config)
     roles = data_roles(config)
     folder = prepare_run_folder(config, chief=is_chief(strategy))
-    datasets = RunDatasets(config, roles)
+    datasets = RunDatasets(config, roles, strategy.num_replicas_in_sync)
     datasets.check_disjoint()
     info = datasets.train_info
     heads = list(models.TASK_HEADS[config.task])
@@ -272,12 +291,13 @@ def _train(config):
             },
             init_confusions=initial_confusions(config, roles),
         )
-    losses = _losses(config, heads, info)
+    losses = head_losses(config, heads, info)
     roles_record = datasets.record()
     os.makedirs(folder.work_dir, exist_ok=True)
     if folder.chief:
         write_run_config(folder.run_dir, config, roles_record)
         _print_summary(config, datasets, strategy, folder.resuming)
+    prepared = time.perf_counter()
     if multi_worker:
         history = worker_loop.train_custom_loop(
             strategy,
@@ -303,6 +323,7 @@ def _train(config):
             folder.run_dir,
             folder.work_dir,
         )
+    trained = time.perf_counter()
     best = os.path.join(folder.run_dir, "best.weights.h5")
     if os.path.exists(best):
         built.training_model.load_weights(best)
@@ -334,6 +355,7 @@ def _train(config):
         },
         split=test.split,
         subset=test.subset,
+        report=config.report,
         extra={
             "dataset": roles.dataset_name,
             "target": datasets.eval_targets["target"],
@@ -342,7 +364,17 @@ def _train(config):
     )
     # the backup goes last: a run killed before this point resumes and finishes
     shutil.rmtree(folder.work_dir if folder.chief else folder.run_dir, ignore_errors=True)
+    fit_seconds = trained - prepared
+    epoch_seconds = sum(history.get("train_seconds", [])) or None
+    validation_seconds = sum(history.get("val_seconds", [])) or None
     return {
+        "seconds": {
+            "preparation": prepared - began,  # data, model, run folder
+            "training": fit_seconds,  # everything in the loop, validation included
+            "training_steps": epoch_seconds,  # of that, the training steps
+            "validation": validation_seconds,  # of that, validating after each epoch
+            "evaluation": time.perf_counter() - trained,  # saving, test metrics, report
+        },
         "run_dir": folder.output_dir,
         "metrics": result_metrics,
         "info": info.to_dict(),
@@ -368,6 +400,9 @@ def _print_summary(config, datasets, strategy, resuming):
         f"{strategy.num_replicas_in_sync} replica(s); "
         f"{'resuming' if resuming else 'new run'} in {os.path.abspath(config.output_dir)}."
     )
+    for name, info in infos.items():
+        if info.dropped:
+            print(f"Left out of the {name} data (no usable label), by reason: {info.dropped}")
     if ties:
         print(
             "Majority-vote ties broken by file name: "

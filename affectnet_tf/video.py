@@ -3,16 +3,18 @@
 The implementation lives in :mod:`tfds_affectnet._video` (shared with the ``afew`` and ``vgaf``
 builders, since ``tfds_affectnet`` never imports ``affectnet_tf``); this module is its public home.
 
-Example::
+For example:
 
-    from affectnet_tf.faces import FaceCropper
-    from affectnet_tf.video import BoxCache, FrameSampler, VideoStats, iter_video_faces
+```python
+from affectnet_tf.faces import FaceCropper
+from affectnet_tf.video import BoxCache, FrameSampler, VideoStats, iter_video_faces
 
-    stats = VideoStats()
-    for frame in iter_video_faces("clip.avi", FaceCropper(), FrameSampler(fps=5),
-                                  cache=BoxCache("boxes/"), stats=stats):
-        print(frame.index, frame.faces.boxes)
-    print(stats.frames_without_face, stats.frames_detected)
+stats = VideoStats()
+for frame in iter_video_faces("clip.avi", FaceCropper(), FrameSampler(fps=5),
+                              cache=BoxCache("boxes/"), stats=stats):
+    print(frame.index, frame.faces.boxes)
+print(stats.frames_without_face, stats.frames_detected)
+```
 """
 
 from tfds_affectnet._video import (

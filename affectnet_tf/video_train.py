@@ -1,9 +1,9 @@
 """Video-level emotion: frame embeddings pooled per clip and an SVM (``python -m affectnet_tf.video_train``).
 
-::
-
-    python -m affectnet_tf.video_train --model-dir runs/exp --dataset afew \\
-        --manual-dir ~/afew --output-dir runs/exp/afew [--classifier rbf]
+```bash
+python -m affectnet_tf.video_train --model-dir runs/exp --dataset afew \\
+    --manual-dir ~/afew --output-dir runs/exp/afew [--classifier rbf]
+```
 
 As in the HSEmotion notebooks (github.com/av-savchenko/face-emotion-recognition): each face crop
 of a clip (from the ``afew`` or ``vgaf`` builder) goes through a trained AffectNet model up to the

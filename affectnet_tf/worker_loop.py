@@ -6,7 +6,8 @@ Keras 3 ``model.fit`` does not run under ``MultiWorkerMirroredStrategy``
 ``tf.train.CheckpointManager`` after every epoch (epoch, weights, optimizer and the best
 selection loss), the selection loss after each epoch, ``best.weights.h5`` for the best one,
 ``history.csv`` and TensorBoard logs. It supports what ``model.fit`` does except a frozen
-first phase and a ``--monitor`` other than ``val_loss``, which :func:`check_config` refuses.
+first phase, a ``--monitor`` other than ``val_loss``, XLA and mixed precision, which
+:func:`check_config` refuses.
 """
 
 import importlib.util
@@ -34,6 +35,10 @@ def check_config(config):
         unsupported.append(f"--freeze-epochs {config.freeze_epochs} (a frozen first phase)")
     if config.monitor != "val_loss":
         unsupported.append(f"--monitor {config.monitor} (only val_loss is computed)")
+    if config.jit_compile:
+        unsupported.append("--jit-compile (XLA around the replicas' synchronised updates)")
+    if config.mixed_precision:
+        unsupported.append("--mixed-precision (loss scaling across workers)")
     if unsupported:
         raise ValueError(
             "--strategy multi_worker trains with a custom loop that does not support "
@@ -75,8 +80,6 @@ def train_custom_loop(
         if config.schedule == "cosine":
             schedule = keras.optimizers.schedules.CosineDecay(schedule, max(1, steps * epochs))
         optimizer = keras.optimizers.Adam(schedule)
-        if config.mixed_precision:
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
         best_var = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
@@ -92,7 +95,7 @@ def train_custom_loop(
     start = int(epoch_var.numpy())
     iterator = iter(strategy.experimental_distribute_dataset(train_data(start, epochs)))
 
-    def gradients(images, targets):
+    def replica_step(images, targets):
         with tf.GradientTape() as tape:
             outputs = model(images, training=True)
             if len(heads) == 1:
@@ -103,14 +106,7 @@ def train_custom_loop(
                 total += tf.nn.compute_average_loss(per_sample, global_batch_size=global_batch)
             if model.losses:
                 total += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            scaled = optimizer.scale_loss(total) if config.mixed_precision else total
-        return total, tape.gradient(scaled, model.trainable_variables)
-
-    if config.jit_compile:
-        gradients = tf.function(gradients, jit_compile=True)
-
-    def replica_step(images, targets):
-        total, grads = gradients(images, targets)
+        grads = tape.gradient(total, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return total
 

@@ -8,8 +8,16 @@ pooled ``CrowdsPooled`` with ``PooledCrowdLikelihood``). One
 fit of ``--warmup`` steps traces and compiles; the next fit of ``--steps`` steps is timed.
 Weights are random (``weights=None``): the speed does not depend on them.
 
+``--command`` measures the training command instead: ``affectnet_tf.train.train`` with the
+demo's settings (``synthetic_faces/c25_dense``, ``compact_cnn_small`` from scratch at 64x64,
+batch 32, task ``all``, target ``mv``, no augmentation) against bare ``model.fit`` of the
+same model and losses on the same number of in-memory images: the ratio of their training
+images per second (epochs after the first, median; per-epoch validation and the final
+evaluation are timed apart and listed), with where the rest of the command's time goes.
+
 Usage::
 
+    python benchmarks/bench_train.py --command --data-dir /tmp/tfds   # the command vs fit
     python benchmarks/bench_train.py                       # CPU, 224x224, batch 16
     python benchmarks/bench_train.py --models resnet50 mobilenet --steps 5
     python benchmarks/bench_train.py --gpu                 # mixed precision, XLA, batch 128
@@ -127,6 +135,83 @@ def head_only_seconds(batch_size, steps, rounds, jit_compile, crowd_layer, featu
     return best
 
 
+class _EpochSeconds(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def command_ratio(data_dir, epochs, quick=False, seed=0):
+    """The training command's training images/s over bare ``model.fit``'s (module docstring)."""
+    import tempfile
+
+    import tensorflow_datasets as tfds
+
+    from affectnet_tf import train as train_module
+
+    dataset = "synthetic_faces/tiny" if quick else "synthetic_faces/c25_dense"
+    size = 32 if quick else 64
+    settings = dict(
+        dataset=dataset,
+        data_dir=data_dir,
+        model="compact_cnn_small",
+        weights=None,
+        image_size=size,
+        batch_size=16 if quick else 32,
+        learning_rate=3e-3,
+        task="all",
+        target="mv",
+        augment=False,
+        epochs=epochs,
+        seed=seed,
+        strategy="default",
+    )
+    tfds.builder(dataset, data_dir=data_dir).download_and_prepare()
+    with tempfile.TemporaryDirectory() as output_dir:
+        result = train_module.train({**settings, "output_dir": output_dir})
+    images = result["info"]["num_examples"]
+    command_epochs = result["history"]["train_seconds"][1:]
+    command = images / float(np.median(command_epochs))
+
+    built = models.build_model(
+        "compact_cnn_small", task="all", weights=None, image_size=size, dropout=0.2
+    )
+    config = train_module.RunConfig.from_dict(settings)
+    heads = list(models.TASK_HEADS["all"])
+    built.training_model.compile(
+        keras.optimizers.Adam(3e-3),
+        loss=train_module.head_losses(config, heads),
+        jit_compile=False,
+    )
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (images, size, size, 3), dtype=np.uint8)
+    y = {
+        "expression": rng.integers(0, 8, images),
+        "valence": rng.uniform(-1, 1, images).astype(np.float32),
+        "arousal": rng.uniform(-1, 1, images).astype(np.float32),
+    }
+    timer = _EpochSeconds()
+    built.training_model.fit(
+        x, y, batch_size=settings["batch_size"], epochs=epochs, verbose=0, callbacks=[timer]
+    )
+    bare = images / float(np.median(timer.seconds[1:]))
+    seconds = result["seconds"]
+    return {
+        "dataset": dataset,
+        "training_images": images,
+        "epochs": epochs,
+        "command_images_per_s": command,
+        "fit_images_per_s": bare,
+        "ratio": command / bare,
+        "command_seconds": seconds,
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=sorted(BACKBONES), help="backbones")
@@ -146,7 +231,29 @@ def main(argv=None):
         help=f"the crowd head (default: {crowd_layers.DEFAULT_CROWD_METHOD})",
     )
     parser.add_argument("--output", default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--command", action="store_true", help="the training command against bare model.fit"
+    )
+    parser.add_argument("--data-dir", default=None, help="TFDS folder for --command")
+    parser.add_argument("--epochs", type=int, default=4, help="--command epochs (default: 4)")
     args = parser.parse_args(argv)
+    if args.command:
+        import tempfile
+
+        data_dir = args.data_dir or tempfile.mkdtemp(prefix="bench_train_tfds_")
+        row = command_ratio(data_dir, max(2, args.epochs), quick=args.quick)
+        seconds = row["command_seconds"]
+        print(
+            f"{row['dataset']}, {row['training_images']} training images, {row['epochs']} "
+            f"epochs (median of epochs 2..{row['epochs']}):\n"
+            f"training command {row['command_images_per_s']:.0f} images/s, bare model.fit "
+            f"{row['fit_images_per_s']:.0f} images/s: ratio {row['ratio']:.2f} (target >= 0.8)\n"
+            "the command's time: "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if v is not None)
+        )
+        if args.output:
+            Path(args.output).write_text(json.dumps(row, indent=2))
+        return 0
     if args.quick:
         args.models, args.image_size, args.steps, args.warmup = ["compact_cnn"], 32, 2, 1
         args.rounds = 1

@@ -128,7 +128,7 @@ def majority_vote(
         ``labels`` of shape ``(n_items,)`` (int64, -1 for unanswered items), or
         ``(labels, info)`` when ``return_info`` is True.
 
-    Example:
+    Examples:
         >>> majority_vote([[0, 1, 1], [2, 2, -1]], num_classes=3)
         array([1, 2])
     """
@@ -205,7 +205,7 @@ def vote_distribution(answers, num_classes=None):
     Returns:
         float64 array of shape ``(n_items, K)``.
 
-    Example:
+    Examples:
         >>> vote_distribution([[0, 1, 1, -1]], num_classes=2)
         array([[0.33333333, 0.66666667]])
     """
@@ -244,7 +244,7 @@ def majority_vote_confusions(answers, num_classes=None, smoothing=1.0):
         float64 array ``(n_annotators, K, K)``: rows the true class, columns the answer, rows
         sum to one.
 
-    Example:
+    Examples:
         >>> majority_vote_confusions([[0, 0], [1, 0]], num_classes=2, smoothing=1.0)[1]
         array([[0.71428571, 0.28571429],
                [0.6       , 0.4       ]])
@@ -295,7 +295,7 @@ def mean_answer(answers):
     Returns:
         float64 array of shape ``(n_items,)``.
 
-    Example:
+    Examples:
         >>> mean_answer([[0.5, np.nan, 0.0], [1.0, 999999999, -1.0]])
         array([0.25, 0.  ])
     """
@@ -313,7 +313,7 @@ def median_answer(answers):
     Returns:
         float64 array of shape ``(n_items,)``.
 
-    Example:
+    Examples:
         >>> median_answer([[0.5, np.nan, 0.0, 0.25]])
         array([0.25])
     """
@@ -387,7 +387,7 @@ class DawidSkene:
             ``loss_history_``).
         n_iter_: number of EM iterations run.
 
-    Example:
+    Examples:
         >>> ds = DawidSkene(max_iter=50).fit([[0, 0, 1], [1, 1, 1], [0, -1, 0]])
         >>> ds.labels_
         array([0, 1, 0])
@@ -630,7 +630,7 @@ def fleiss_kappa(answers, num_classes=None):
     Returns:
         kappa as a Python float.
 
-    Example:
+    Examples:
         >>> round(fleiss_kappa([[0, 0, 0], [1, 1, 0], [1, 1, 1]]), 4)
         0.55
     """
@@ -672,7 +672,7 @@ def krippendorff_alpha(answers, level="nominal", num_classes=None):
     K. Krippendorff, "Computing Krippendorff's Alpha-Reliability", 2011.
     https://repository.upenn.edu/asc_papers/43
 
-    Example:
+    Examples:
         >>> round(krippendorff_alpha([[0, 0], [1, 1], [1, 0]]), 4)
         0.4444
     """

@@ -132,13 +132,12 @@ class CrowdsClassification(_CrowdsClassificationBase):
         ``(batch, num_classes, num_annotators)`` or
         ``(batch, time, num_classes, num_annotators)``: per-annotator logits.
 
-    Example:
-
-    >>> inputs = keras.Input((16,))
-    >>> probs = keras.layers.Dense(4, activation="softmax")(inputs)
-    >>> crowd = CrowdsClassification(4, num_annotators=10, conn_type="MW")(probs)
-    >>> model = keras.Model(inputs, crowd)
-    >>> model.compile("adam", loss=MaskedMultiCrossEntropy())
+    Examples:
+        >>> inputs = keras.Input((16,))
+        >>> probs = keras.layers.Dense(4, activation="softmax")(inputs)
+        >>> crowd = CrowdsClassification(4, num_annotators=10, conn_type="MW")(probs)
+        >>> model = keras.Model(inputs, crowd)
+        >>> model.compile("adam", loss=MaskedMultiCrossEntropy())
     """
 
     def __init__(self, num_classes, num_annotators, conn_type="MW", **kwargs):
@@ -247,17 +246,11 @@ class CrowdsConfusion(_CrowdsClassificationBase):
     of a ``tf.distribute`` strategy computes it from its own copy of the weights (an
     ``add_loss`` in ``call`` lost part of its gradient under ``MirroredStrategy``, Keras 3.15).
 
-    Defaults, measured with ``examples/simulated_crowd.py`` (8 classes, simulated
-    AffectNetC25 annotators, a dense and a sparse crowd, three simulated crowds each):
-    ``trace_weight=0.5`` beat majority-vote targets by 13 points (dense, 25 answers per item)
-    and 13 points (sparse, 3 answers per item), matched Dawid-Skene targets on the dense crowd
-    and beat them by 10 points on the sparse one. Without the penalty (``trace_weight=0``) it
-    lost 3-5 points; ``trace_weight`` of 1.0-1.2 collapsed hard classes on the dense crowd in
-    some runs (17 points lost): the penalty pulls each estimated diagonal entry down by about
-    ``trace_weight * A_kk * (1 - A_kk) / (K * share_of_class_k)``, so lower the weight when
-    some classes are rare, and read calibrated annotator estimates from Dawid-Skene rather
-    than from this layer. ``init_diagonal`` 0.7 and 0.98 did about as well as 0.9 (within 1.5
-    points); slower confusion logits (``logit_scale=0.3``) lost 8 points.
+    The penalty pulls each estimated diagonal entry down by about
+    ``trace_weight * A_kk * (1 - A_kk) / (K * share_of_class_k)``: too large a weight can
+    collapse rare or hard classes, so lower it when some classes are rare, and read calibrated
+    annotator estimates from Dawid-Skene rather than from this layer. Which crowd method to use,
+    with measured comparisons: the documentation's "Crowd learning" and "Benchmarks" pages.
 
     Initialisation: ``init_confusions`` (e.g. Dawid-Skene's ``confusions_``), else every
     annotator answers the true class with probability ``init_diagonal`` and spreads the rest
@@ -292,13 +285,12 @@ class CrowdsConfusion(_CrowdsClassificationBase):
         ``(batch, time, num_classes, num_annotators)``: per-annotator answer
         log-probabilities.
 
-    Example:
-
-    >>> inputs = keras.Input((16,))
-    >>> probs = keras.layers.Dense(4, activation="softmax")(inputs)
-    >>> crowd = CrowdsConfusion(4, num_annotators=10)(probs)
-    >>> model = keras.Model(inputs, crowd)
-    >>> model.compile("adam", loss=MaskedMultiCrossEntropy())
+    Examples:
+        >>> inputs = keras.Input((16,))
+        >>> probs = keras.layers.Dense(4, activation="softmax")(inputs)
+        >>> crowd = CrowdsConfusion(4, num_annotators=10)(probs)
+        >>> model = keras.Model(inputs, crowd)
+        >>> model.compile("adam", loss=MaskedMultiCrossEntropy())
     """
 
     def __init__(
@@ -431,13 +423,12 @@ class CrowdsRegression(layers.Layer):
     Output shape:
         ``(batch, num_annotators)``.
 
-    Example:
-
-    >>> inputs = keras.Input((16,))
-    >>> value = keras.layers.Dense(1)(inputs)
-    >>> crowd = CrowdsRegression(num_annotators=10, conn_type="S+B")(value)
-    >>> model = keras.Model(inputs, crowd)
-    >>> model.compile("adam", loss=MaskedMultiMSE())
+    Examples:
+        >>> inputs = keras.Input((16,))
+        >>> value = keras.layers.Dense(1)(inputs)
+        >>> crowd = CrowdsRegression(num_annotators=10, conn_type="S+B")(value)
+        >>> model = keras.Model(inputs, crowd)
+        >>> model.compile("adam", loss=MaskedMultiMSE())
     """
 
     def __init__(self, num_annotators, conn_type="B", **kwargs):

@@ -218,12 +218,11 @@ class MaskedMultiCrossEntropy(losses.Loss):
     Output shape:
         A scalar (``(batch,)`` with ``reduction="none"``).
 
-    Example:
-
-    >>> loss = MaskedMultiCrossEntropy()
-    >>> y_pred = np.zeros((2, 3, 2))  # uniform over 3 classes, 2 annotators
-    >>> float(loss(np.array([[0, -1], [-1, -1]]), y_pred))  # one observed answer
-    1.0986...
+    Examples:
+        >>> loss = MaskedMultiCrossEntropy()
+        >>> y_pred = np.zeros((2, 3, 2))  # uniform over 3 classes, 2 annotators
+        >>> float(loss(np.array([[0, -1], [-1, -1]]), y_pred))  # one observed answer
+        1.0986...
     """
 
     def __init__(
@@ -278,14 +277,13 @@ class MaskedMultiSequenceCrossEntropy(MaskedMultiCrossEntropy):
     Output shape:
         A scalar (``(batch,)`` with ``reduction="none"``).
 
-    Example:
-
-    >>> loss = MaskedMultiSequenceCrossEntropy(num_classes=5)
-    >>> y_pred = np.zeros((2, 7, 5, 3))
-    >>> y_true = np.full((2, 7, 3), -1)
-    >>> y_true[0, :4, 0] = 2
-    >>> float(loss(y_true, y_pred))  # log(5)
-    1.6094...
+    Examples:
+        >>> loss = MaskedMultiSequenceCrossEntropy(num_classes=5)
+        >>> y_pred = np.zeros((2, 7, 5, 3))
+        >>> y_true = np.full((2, 7, 3), -1)
+        >>> y_true[0, :4, 0] = 2
+        >>> float(loss(y_true, y_pred))  # log(5)
+        1.6094...
     """
 
     def __init__(
@@ -350,11 +348,10 @@ class MaskedMultiMSE(losses.Loss):
     Output shape:
         A scalar (``(batch,)`` with ``reduction="none"``).
 
-    Example:
-
-    >>> loss = MaskedMultiMSE()
-    >>> float(loss(np.array([[1.0, np.nan], [np.nan, 999999999]]), np.zeros((2, 2))))
-    1.0
+    Examples:
+        >>> loss = MaskedMultiMSE()
+        >>> float(loss(np.array([[1.0, np.nan], [np.nan, 999999999]]), np.zeros((2, 2))))
+        1.0
     """
 
     def __init__(self, reduction="sum_over_batch_size", name="masked_multi_mse", dtype=None):

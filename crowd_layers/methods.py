@@ -9,8 +9,8 @@ One place that the training command, the benchmarks and the examples build crowd
   al.'s trace regulariser);
 - ``"geocrowdnet"``: the same per-answer confusion layer with GeoCrowdNet's (W) volume
   regulariser, weight :data:`GEOCROWDNET_WEIGHT` (Ibrahim et al., ICLR 2023), and the pooled
-  method's start and learning-rate multiplier (diagonal 0.7, ``logit_scale=30``; with
-  ``CrowdsConfusion``'s own 0.9 and 1 it reached 0.840 instead of 0.855 on LabelMe);
+  method's start and learning-rate multiplier (diagonal 0.7, ``logit_scale=30``, instead of
+  ``CrowdsConfusion``'s own 0.9 and 1);
 - ``"MW"``, ``"VW"``, ``"VB"``, ``"VW+B"``, ``"SW"``: the reference crowd layers
   (:class:`~crowd_layers.CrowdsClassification`, Rodrigues & Pereira, AAAI 2018).
 """
@@ -68,9 +68,8 @@ def crowd_method(method, num_classes, num_annotators, init_confusions=None, **la
         ValueError: for an unknown method, or ``init_confusions`` with a method that has no
             confusion matrices.
 
-    Example:
-
-    >>> layer, loss = crowd_method("pooled", num_classes=8, num_annotators=25)
+    Examples:
+        >>> layer, loss = crowd_method("pooled", num_classes=8, num_annotators=25)
     """
     _check_method(method)
     if init_confusions is not None and method not in CONFUSION_METHODS:

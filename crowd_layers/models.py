@@ -65,11 +65,10 @@ def prediction_model(model, name=None):
     Raises:
         ValueError: if ``model`` has no crowd layer, several, or is not built.
 
-    Example:
-
-    >>> crowd_model.fit(x, answers)
-    >>> predictor = prediction_model(crowd_model)
-    >>> probabilities = predictor.predict(x)
+    Examples:
+        >>> crowd_model.fit(x, answers)
+        >>> predictor = prediction_model(crowd_model)
+        >>> probabilities = predictor.predict(x)
     """
     layer = find_crowd_layer(model)
     try:

@@ -95,13 +95,12 @@ class CrowdsPooled(layers.Layer):
         ``(batch, num_classes, num_classes, num_annotators)``: joint log-probabilities (true
         class, answered class, annotator).
 
-    Example:
-
-    >>> inputs = keras.Input((16,))
-    >>> probs = keras.layers.Dense(4, activation="softmax")(inputs)
-    >>> joint = CrowdsPooled(4, num_annotators=10)(probs)
-    >>> model = keras.Model(inputs, joint)
-    >>> model.compile("adam", loss=PooledCrowdLikelihood())
+    Examples:
+        >>> inputs = keras.Input((16,))
+        >>> probs = keras.layers.Dense(4, activation="softmax")(inputs)
+        >>> joint = CrowdsPooled(4, num_annotators=10)(probs)
+        >>> model = keras.Model(inputs, joint)
+        >>> model.compile("adam", loss=PooledCrowdLikelihood())
     """
 
     def __init__(
@@ -285,13 +284,12 @@ class PooledCrowdLikelihood(losses.Loss):
     Output shape:
         A scalar (``(batch,)`` with ``reduction="none"``).
 
-    Example:
-
-    >>> layer = CrowdsPooled(3, num_annotators=2, init_diagonal=0.5)
-    >>> joint = layer(np.full((1, 3), 1.0 / 3.0))
-    >>> # both answered 0: -log(1/3 * 0.5 * 0.5 + 2/3 * 0.25 * 0.25) = -log(0.125)
-    >>> float(PooledCrowdLikelihood()(np.array([[0, 0]]), joint))
-    2.0794...
+    Examples:
+        >>> layer = CrowdsPooled(3, num_annotators=2, init_diagonal=0.5)
+        >>> joint = layer(np.full((1, 3), 1.0 / 3.0))
+        >>> # both answered 0: -log(1/3 * 0.5 * 0.5 + 2/3 * 0.25 * 0.25) = -log(0.125)
+        >>> float(PooledCrowdLikelihood()(np.array([[0, 0]]), joint))
+        2.0794...
     """
 
     def __init__(self, reduction="sum_over_batch_size", name="pooled_crowd_likelihood", dtype=None):
@@ -333,13 +331,12 @@ class CrowdsGaussian(layers.Layer):
         ``(batch, 2, num_annotators)``: ``[:, 0]`` the means, ``[:, 1]`` the log standard
         deviations.
 
-    Example:
-
-    >>> inputs = keras.Input((16,))
-    >>> value = keras.layers.Dense(1, activation="tanh")(inputs)
-    >>> crowd = CrowdsGaussian(num_annotators=10)(value)
-    >>> model = keras.Model(inputs, crowd)
-    >>> model.compile("adam", loss=MaskedGaussianLikelihood())
+    Examples:
+        >>> inputs = keras.Input((16,))
+        >>> value = keras.layers.Dense(1, activation="tanh")(inputs)
+        >>> crowd = CrowdsGaussian(num_annotators=10)(value)
+        >>> model = keras.Model(inputs, crowd)
+        >>> model.compile("adam", loss=MaskedGaussianLikelihood())
     """
 
     CONN_TYPES = ("S+B", "S", "B", "none")
@@ -486,11 +483,10 @@ class MaskedGaussianLikelihood(losses.Loss):
         name: Loss name.
         dtype: Computation dtype.
 
-    Example:
-
-    >>> y_pred = np.zeros((1, 2, 2))  # mean 0, sigma 1 for both annotators
-    >>> float(MaskedGaussianLikelihood()(np.array([[1.0, np.nan]]), y_pred))
-    1.4189...
+    Examples:
+        >>> y_pred = np.zeros((1, 2, 2))  # mean 0, sigma 1 for both annotators
+        >>> float(MaskedGaussianLikelihood()(np.array([[1.0, np.nan]]), y_pred))
+        1.4189...
     """
 
     def __init__(

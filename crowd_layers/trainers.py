@@ -95,10 +95,9 @@ class CrowdsCategoricalAggregator:
         ground_truth_est: Current targets ``(n_items, num_classes)``.
         losses: Training loss at the end of each M-step.
 
-    Example:
-
-    >>> trainer = CrowdsCategoricalAggregator(model, x_train, answers, batch_size=32)
-    >>> model, pi = trainer.run(epochs=10)
+    Examples:
+        >>> trainer = CrowdsCategoricalAggregator(model, x_train, answers, batch_size=32)
+        >>> model, pi = trainer.run(epochs=10)
     """
 
     def __init__(self, model, data_train, answers, batch_size=16, pi_prior=1.0, num_classes=None):
@@ -204,10 +203,9 @@ class CrowdsBinaryAggregator:
         ground_truth_est: Current targets ``(n_items, 2)``.
         losses: Training loss at the end of each M-step.
 
-    Example:
-
-    >>> trainer = CrowdsBinaryAggregator(model, x_train, answers, batch_size=32)
-    >>> model, alpha, beta = trainer.run(epochs=10)
+    Examples:
+        >>> trainer = CrowdsBinaryAggregator(model, x_train, answers, batch_size=32)
+        >>> model, alpha, beta = trainer.run(epochs=10)
     """
 
     def __init__(self, model, data_train, answers, batch_size=16, alpha_prior=1.0, beta_prior=1.0):

@@ -2,12 +2,14 @@
 
 Importing the package registers the builders ``affectnet``, ``affectnet_c25`` and
 ``synthetic_faces`` (drawn faces with a simulated crowd, built locally: no download), and the
-video builders ``afew`` and ``vgaf`` (MTCNN face crops per frame, manual download)::
+video builders ``afew`` and ``vgaf`` (MTCNN face crops per frame, manual download):
 
-    import tensorflow_datasets as tfds
-    import tfds_affectnet  # noqa: F401  (registers the builders)
+```python
+import tensorflow_datasets as tfds
+import tfds_affectnet  # noqa: F401  (registers the builders)
 
-    builder = tfds.builder("affectnet", config="emotions8")
+builder = tfds.builder("affectnet", config="emotions8")
+```
 
 ``tfds_affectnet.labels`` holds the label definitions shared with ``affectnet_tf``.
 """

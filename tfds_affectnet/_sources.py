@@ -257,8 +257,8 @@ def iter_full_rows(csv_path, start=0, stop=None, chunksize=20_000):
 
     Args:
         csv_path: the CSV (with or without its header line).
-        start, stop: data rows ``[start, stop)`` counted from 0 (the AffectNetC25 ``index``);
-            ``stop=None`` reads to the end.
+        start: the first data row, counted from 0 (the AffectNetC25 ``index``).
+        stop: the row after the last one (``[start, stop)``); ``None`` reads to the end.
         chunksize: rows per pandas chunk.
 
     Yields:

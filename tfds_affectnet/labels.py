@@ -3,13 +3,17 @@
 The datasets define the labels, so they live here; ``affectnet_tf`` imports them.
 
 AffectNet's canonical expression order (the full release's ``expression`` column and the
-8-label release's ``<n>_exp.npy``)::
+8-label release's ``<n>_exp.npy``):
 
-    0 neutral, 1 happy, 2 sad, 3 surprise, 4 fear, 5 disgust, 6 anger, 7 contempt
+```text
+0 neutral, 1 happy, 2 sad, 3 surprise, 4 fear, 5 disgust, 6 anger, 7 contempt
+```
 
-plus the non-labels 8 none, 9 uncertain, 10 no-face. AffectNetC25's CSVs use another order::
+plus the non-labels 8 none, 9 uncertain, 10 no-face. AffectNetC25's CSVs use another order:
 
-    0 happiness, 1 sadness, 2 surprise, 3 fear, 4 disgust, 5 anger, 6 contempt, 7 neutral
+```text
+0 happiness, 1 sadness, 2 surprise, 3 fear, 4 disgust, 5 anger, 6 contempt, 7 neutral
+```
 
 so that ``affectnet = (c25 + 1) % 8``. The 7-class variant drops contempt and keeps the others'
 indices (contempt is the last canonical class).

@@ -44,6 +44,7 @@ def tiny_config(train_data_dir, tmp_path):
             "steps_per_epoch": 2,
             "output_dir": str(tmp_path / "run"),
             "strategy": "default",
+            "report": False,  # the evaluation tests look at reports
         }
         config.update(overrides)
         return config

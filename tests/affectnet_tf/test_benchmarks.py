@@ -67,6 +67,19 @@ def test_training_benchmark_quick_runs(bench_train, tmp_path, capsys):
     assert row["plain"] > 0 and row["crowd"] > 0
 
 
+def test_training_command_against_bare_fit(bench_train, tmp_path, capsys):
+    output = tmp_path / "command.json"
+    argv = ["--command", "--quick", "--epochs", "2", "--data-dir", str(tmp_path / "tfds")]
+    assert bench_train.main([*argv, "--output", str(output)]) == 0
+    row = json.loads(output.read_text())
+    assert row["dataset"] == "synthetic_faces/tiny" and row["training_images"] == 48
+    assert row["ratio"] == pytest.approx(row["command_images_per_s"] / row["fit_images_per_s"])
+    assert 0 < row["ratio"] < 10
+    seconds = row["command_seconds"]
+    assert seconds["training_steps"] + seconds["validation"] <= seconds["training"] + 1e-6
+    assert "ratio" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_training_benchmark_gpu_mode_runs_unchanged_on_cpu(tmp_path):
     """The --gpu mode (mixed precision, XLA) is the same code: it runs on this CPU too.

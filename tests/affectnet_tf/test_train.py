@@ -120,7 +120,17 @@ print("LOSSES", json.dumps(losses))
 def test_mirrored_first_step_loss_equals_one_device(tiny_config, tmp_path):
     # In its own process: collective ops of MirroredStrategy objects made by earlier tests in
     # this process would share instance keys with this one's.
-    settings = dict(epochs=1, steps_per_epoch=1, augment=False, dropout=0.0, seed=5)
+    # 3 training and 3 selection images: uneven shares of the replicas are handled (the
+    # training batch drops its remainder, the selection batches are padded with missing rows)
+    settings = dict(
+        epochs=1,
+        steps_per_epoch=1,
+        augment=False,
+        dropout=0.0,
+        seed=5,
+        selection_fraction=0.4,
+        batch_size=2,
+    )
     configs = [
         tiny_config(output_dir=str(tmp_path / "one"), strategy="default", **settings),
         tiny_config(output_dir=str(tmp_path / "two"), strategy="mirrored", **settings),
@@ -325,9 +335,9 @@ def test_multi_worker_with_two_local_workers_killed_and_resumed(tiny_config, tmp
         strategy="multi_worker",
         output_dir=str(tmp_path / "mw"),
         augment=False,
-        jit_compile=True,
     )
-    codes, outputs = _run_workers(config, env={fit_loop.FAIL_AT_STEP_ENV: "2"})
+    # killed after step 3: inside epoch 2 (2 steps per epoch), after epoch 1's checkpoint
+    codes, outputs = _run_workers(config, env={fit_loop.FAIL_AT_STEP_ENV: "3"})
     assert codes == [3, 3], outputs[0][-3000:]
     codes, outputs = _run_workers(config)
     for code, output in zip(codes, outputs):
@@ -346,11 +356,19 @@ def test_multi_worker_with_two_local_workers_killed_and_resumed(tiny_config, tmp
 
 
 def test_multi_worker_loop_refuses_what_it_cannot_do():
-    worker_loop.check_config(RunConfig(model="compact_cnn", jit_compile=True))
-    with pytest.raises(ValueError, match="--freeze-epochs 1.*--monitor val_f1_macro"):
+    worker_loop.check_config(RunConfig(model="compact_cnn", class_weights=True))
+    with pytest.raises(ValueError, match="--freeze-epochs 1.*--monitor val_f1_macro.*XLA"):
         worker_loop.check_config(
-            RunConfig(model="compact_cnn", epochs=3, freeze_epochs=1, monitor="val_f1_macro")
+            RunConfig(
+                model="compact_cnn",
+                epochs=3,
+                freeze_epochs=1,
+                monitor="val_f1_macro",
+                jit_compile=True,
+            )
         )
+    with pytest.raises(ValueError, match="--mixed-precision"):
+        worker_loop.check_config(RunConfig(model="compact_cnn", mixed_precision=True))
 
 
 def test_auto_strategy_asks_the_tpu_resolver(monkeypatch, capsys):
@@ -568,7 +586,7 @@ def test_evaluation_labels_do_not_depend_on_the_training_seed(tiny_config):
 
 
 def test_k_fold_cross_validation_reports_mean_and_spread(tiny_config):
-    config = tiny_config(folds=2, steps_per_epoch=1)
+    config = tiny_config(folds=2, steps_per_epoch=1, selection_fraction=0.5)
     result = train(config)
     run = Path(result["run_dir"])
     assert {"fold_0", "fold_1", "metrics.json", "config.yaml"} <= {p.name for p in run.iterdir()}
@@ -578,13 +596,10 @@ def test_k_fold_cross_validation_reports_mean_and_spread(tiny_config):
     np.testing.assert_allclose(accuracy["mean"], np.mean(accuracy["folds"]))
     np.testing.assert_allclose(accuracy["std"], np.std(accuracy["folds"], ddof=1))
     tests = [
-        set(
-            json.loads((run / f"fold_{k}" / "metrics.json").read_text())["data_roles"][
-                "test"
-            ].items()
-        )
+        json.loads((run / f"fold_{k}" / "metrics.json").read_text())["data_roles"]["test"]
         for k in range(2)
     ]
-    assert tests[0] != tests[1]  # each fold tests other images
+    assert tests[0]["cut"]["fold"] == 0 and tests[1]["cut"]["fold"] == 1
+    assert tests[0]["file_names_sha256"] != tests[1]["file_names_sha256"]
     with pytest.raises(ValueError, match="finished run"):
         train(config)

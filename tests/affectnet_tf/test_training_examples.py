@@ -18,7 +18,10 @@ def _load(name):
 
 def _args(tiny_config, tmp_path):
     config = tiny_config()
-    extra = {k: config[k] for k in ("stored_image_size", "selection_fraction", "test_fraction", "image_size")}
+    extra = {
+        k: config[k]
+        for k in ("stored_image_size", "selection_fraction", "test_fraction", "image_size")
+    }
     extra.update(model="compact_cnn", steps_per_epoch=1, strategy="default")
     return argparse.Namespace(
         set="set1",

@@ -51,13 +51,9 @@ class AffectNetConfig(tfds.core.BuilderConfig):
             release only; the 8-label release is already cropped).
         release: "auto" (the full release when both are present), "full" or "eight_label".
 
-    Example:
-
-    ```python
-    builder = tfds.builder(
-        "affectnet", config=AffectNetConfig(name="emotions8_112", image_size=112)
-    )
-    ```
+    Examples:
+        >>> config = AffectNetConfig(name="emotions8_112", image_size=112)
+        >>> builder = tfds.builder("affectnet", config=config)
     """
 
     label_set: str = _examples.EMOTIONS8

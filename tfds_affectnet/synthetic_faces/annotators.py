@@ -124,7 +124,9 @@ def simulate_answers(annotators, expression, valence, arousal, answers_per_image
 
     Args:
         annotators: a dict from :func:`simulated_annotators` (or its ``original`` entry).
-        expression, valence, arousal: the image's truth.
+        expression: the image's true class (canonical order).
+        valence: the image's true valence.
+        arousal: the image's true arousal.
         answers_per_image: how many distinct annotators answer (chosen at random); all of
             them when it is at least their number.
         rng: a ``numpy.random.Generator``.

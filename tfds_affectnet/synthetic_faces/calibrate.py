@@ -1,10 +1,12 @@
 """Calibration of the simulated annotators on the real AffectNetC25 crowd.
 
 Writes the small file of derived numbers that ``synthetic_faces`` ships (``calibration.json``)
-from the six AffectNetC25 CSVs::
+from the six AffectNetC25 CSVs:
 
-    python -m tfds_affectnet.synthetic_faces.calibrate --csv-dir ../shared/data/affectnetc25
-    python -m tfds_affectnet.synthetic_faces.calibrate --csv-dir DIR --output FILE
+```bash
+python -m tfds_affectnet.synthetic_faces.calibrate --csv-dir ../shared/data/affectnetc25
+python -m tfds_affectnet.synthetic_faces.calibrate --csv-dir DIR --output FILE
+```
 
 The two C25 sets were labelled by two different groups of 25 people, so the file holds
 50 annotator profiles: ``set1/participant0`` .. ``set2/participant24``.

@@ -48,7 +48,9 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
 
     Attributes:
         image_size: side of the square images, in pixels.
-        num_train, num_validation, num_test: images per split.
+        num_train: images in the ``train`` split.
+        num_validation: images in the ``validation`` split.
+        num_test: images in the ``test`` split.
         num_annotators: number of simulated annotators ``R`` (the crowd vectors' length).
         answers_per_image: how many of them answer each image (all of them: dense like
             AffectNetC25; fewer: sparse like crowdsourcing platforms).
