@@ -26,9 +26,7 @@ python -m affectnet_tf.agreement --csv-dir DIR [--training-csv training.csv]
 
 import argparse
 import collections
-import contextlib
 import json
-import logging
 import sys
 import warnings
 
@@ -59,20 +57,6 @@ _FIGURES = (
     ("valence_ccc", "valence"),
     ("arousal_ccc", "arousal"),
 )
-
-
-@contextlib.contextmanager
-def _quiet_aggregation():
-    """Silences majority_vote's per-call tie log and unanswered-item warning (counted here)."""
-    logger = logging.getLogger("crowd_layers.aggregation")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def _check_answers(answers, name):
@@ -121,7 +105,7 @@ def crowd_majority(answers, num_classes=8, *, file_names=None, tie_break="keyed"
     """
     answers = _check_answers(answers, "answers").astype(np.int64)
     rule = _tie_rule(tie_break, file_names, len(answers))
-    with _quiet_aggregation():
+    with crowd_layers.quiet_aggregation():
         return crowd_layers.majority_vote(answers, num_classes, **rule)
 
 
@@ -142,7 +126,7 @@ def leave_one_out_majorities(answers, num_classes=8, *, file_names=None, tie_bre
     answers = _check_answers(answers, "answers").astype(np.int64)
     rule = _tie_rule(tie_break, file_names, len(answers))
     result = np.full(answers.shape, -1, np.int64)
-    with _quiet_aggregation():
+    with crowd_layers.quiet_aggregation():
         for r in range(answers.shape[1]):
             others = np.delete(answers, r, axis=1)
             result[:, r] = crowd_layers.majority_vote(others, num_classes, **rule)

@@ -70,8 +70,11 @@ def predict_split(model, dataset, heads, keep_examples=0):
     truths = {}
     predictions = {head: [] for head in heads}
     kept = {True: [], False: []}
+    # one traced graph for every batch (the last, smaller one traces once more): an eager
+    # call per batch costs several times the model's own work on small images
+    infer = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
     for images, targets in dataset:
-        outputs = model(images, training=False)
+        outputs = infer(images)
         if not isinstance(outputs, dict):
             outputs = {heads[0]: outputs}
         if not isinstance(targets, dict):

@@ -21,6 +21,7 @@ deterministic (GPU kernels included). Another machine, device count or library v
 give other figures within their seed-to-seed spread.
 """
 
+import functools
 import json
 import math
 import os
@@ -298,31 +299,20 @@ def _train(config):
         write_run_config(folder.run_dir, config, roles_record)
         _print_summary(config, datasets, strategy, folder.resuming)
     prepared = time.perf_counter()
-    if multi_worker:
-        history = worker_loop.train_custom_loop(
-            strategy,
-            built,
-            config,
-            losses,
-            datasets.train,
-            datasets.selection,
-            datasets.steps,
-            folder.run_dir,
-            folder.work_dir,
-            folder.restore_dir,
-        )
-    else:
-        history = fit_loop.fit_phases(
-            strategy,
-            built,
-            config,
-            losses,
-            datasets.train,
-            datasets.selection,
-            datasets.steps,
-            folder.run_dir,
-            folder.work_dir,
-        )
+    loop = fit_loop.fit_phases
+    if multi_worker:  # model.fit does not run there; every worker restores the chief's state
+        loop = functools.partial(worker_loop.train_custom_loop, restore_dir=folder.restore_dir)
+    history = loop(
+        strategy,
+        built,
+        config,
+        losses,
+        datasets.train,
+        datasets.selection,
+        datasets.steps,
+        folder.run_dir,
+        folder.work_dir,
+    )
     trained = time.perf_counter()
     best = os.path.join(folder.run_dir, "best.weights.h5")
     if os.path.exists(best):

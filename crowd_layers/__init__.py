@@ -23,6 +23,7 @@ from crowd_layers.aggregation import (
     majority_vote_confusions,
     mean_answer,
     median_answer,
+    quiet_aggregation,
     vote_distribution,
 )
 from crowd_layers.confusions import ConfusionTraceRegularizer, ConfusionVolumeRegularizer
@@ -54,6 +55,7 @@ from crowd_layers.pooled import (
 from crowd_layers.trainers import CrowdsBinaryAggregator, CrowdsCategoricalAggregator
 
 __all__ = [
+    "quiet_aggregation",
     "DEFAULT_CROWD_METHOD",
     "CROWD_METHODS",
     "CONFUSION_METHODS",

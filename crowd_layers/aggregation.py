@@ -13,6 +13,7 @@ Valence and arousal answers are a float ``(n_items, n_annotators)`` matrix with 
 reference code's sentinel ``999999999``) for no answer.
 """
 
+import contextlib
 import logging
 import warnings
 
@@ -24,6 +25,7 @@ from crowd_layers._checks import check_answers, check_float_answers, check_long_
 
 __all__ = [
     "DawidSkene",
+    "quiet_aggregation",
     "majority_vote",
     "vote_distribution",
     "majority_vote_confusions",
@@ -93,6 +95,21 @@ def _counts(answers, num_classes, name="answers"):
 # --------------------------------------------------------------------------------------------
 # Majority vote and vote distribution
 # --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quiet_aggregation():
+    """Silences this module's per-call tie log and unanswered-item ``UserWarning``, for callers
+    that count ties and unanswered items themselves (``return_info=True``) and report them
+    once."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def majority_vote(

@@ -26,8 +26,6 @@ seed, the subset or the order of the files, and ties spread evenly over the tied
 """
 
 import hashlib
-import logging
-import warnings
 
 import numpy as np
 
@@ -161,21 +159,14 @@ def majority_labels(answers, file_names, num_classes=8):
     mask = np.zeros(len(answers), bool)
     if len(answers):
         # ties and unanswered images are counted by the callers and reported once
-        majority_logger = logging.getLogger("crowd_layers.aggregation")
-        level = majority_logger.level
-        majority_logger.setLevel(logging.ERROR)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                votes, info = crowd_layers.majority_vote(
-                    answers,
-                    num_classes,
-                    tie_break="keyed",
-                    keys=tie_keys(file_names),
-                    return_info=True,
-                )
-        finally:
-            majority_logger.setLevel(level)
+        with crowd_layers.quiet_aggregation():
+            votes, info = crowd_layers.majority_vote(
+                answers,
+                num_classes,
+                tie_break="keyed",
+                keys=tie_keys(file_names),
+                return_info=True,
+            )
         mask[info["tied_items"]] = True
     else:
         votes = np.zeros(0, np.int64)
