@@ -44,6 +44,15 @@ DOCS_REQUIRES = [
     "mkdocstrings-python>=2.0,<2.1",
 ]
 
+# `python -m affectnet_tf.export`: the ONNX converter for TensorFlow graphs, the ONNX format and
+# its runtime (the parity check), and LiteRT's interpreter (the TFLite parity check; TensorFlow's
+# own tf.lite.Interpreter is deprecated).
+EXPORT_REQUIRES = ["tf2onnx>=1.16", "onnx>=1.15", "onnxruntime>=1.17", "ai-edge-litert>=1.2"]
+
+# `python -m affectnet_tf.serve`: aiohttp, an asyncio HTTP server (request size limits, one event
+# loop that gathers concurrent requests into one model batch).
+SERVE_REQUIRES = ["aiohttp>=3.9"]
+
 EXTRAS_REQUIRE = {
     "test": [
         "pytest>=7.4",
@@ -57,7 +66,13 @@ EXTRAS_REQUIRE = {
         *BEAM_REQUIRES,
         # `make test` builds the documentation, so that CI keeps it building.
         *DOCS_REQUIRES,
+        *EXPORT_REQUIRES,
+        *SERVE_REQUIRES,
+        # The browser test of the serving page drives Debian's chromium through chromedriver.
+        "selenium>=4.10",
     ],
+    "export": EXPORT_REQUIRES,
+    "serve": SERVE_REQUIRES,
     "beam": BEAM_REQUIRES,
     "docs": DOCS_REQUIRES,
 }
@@ -75,7 +90,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["affectnet_tf*", "tfds_affectnet*", "crowd_layers*"]),
     include_package_data=True,
-    package_data={"tfds_affectnet": ["**/*.tsv", "**/*.npz", "**/*.json"]},
+    package_data={
+        "tfds_affectnet": ["**/*.tsv", "**/*.npz", "**/*.json"],
+        "affectnet_tf": ["static/*"],
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     classifiers=[

@@ -1,0 +1,318 @@
+"""Export to SavedModel, TFLite and ONNX: files written, read back in their own runtimes, parity
+with the Keras model on held-out images, metadata inside each file, and the error cases."""
+
+import json
+import os
+
+import cv2
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from affectnet_tf import export, models
+from affectnet_tf.images import decode_image, resize_image
+from affectnet_tf.train import train
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def run_dir(synthetic_faces_tiny, tmp_path_factory):
+    """A run of the training command on synthetic_faces/tiny (every head, 30 short epochs):
+    confident enough that int8 rounding does not flip near-ties of an untrained model."""
+    data_dir, _ = synthetic_faces_tiny
+    run = tmp_path_factory.mktemp("export") / "run"
+    train(
+        {
+            "dataset": "synthetic_faces/tiny",
+            "data_dir": str(data_dir),
+            "model": "compact_cnn_small",
+            "weights": None,
+            "image_size": SIZE,
+            "epochs": 30,
+            "batch_size": 8,
+            "task": "all",
+            "target": "true",
+            "output_dir": str(run),
+            "strategy": "default",
+            "report": False,
+        }
+    )
+    return run
+
+
+@pytest.fixture(scope="module")
+def held_out(run_dir):
+    """The run's selection images (what the export command checks on) and the Keras outputs."""
+    images = export.check_images(run_dir, "selection", count=200)
+    model = models.load_model(run_dir / "model.keras")
+    return images, export.run_keras(model, images)
+
+
+def test_check_images_are_the_runs_selection_images(run_dir, held_out):
+    images, reference = held_out
+    assert images.shape == (48, SIZE, SIZE, 3) and images.dtype == np.uint8
+    assert set(reference) == {"expression", "valence", "arousal"}
+    assert reference["expression"].shape == (48, 8) and reference["valence"].shape == (48,)
+    train_images = export.check_images(run_dir, "train", count=10)
+    assert len(train_images) == 10 and not np.array_equal(train_images, images[:10])
+    # the same images as a split name and as a role
+    assert np.array_equal(export.check_images(run_dir, "validation", count=200), images)
+
+
+def test_saved_model_signatures_outputs_and_metadata(run_dir, held_out, tmp_path):
+    images, reference = held_out
+    records = export.export_run(run_dir, "saved_model", log=lambda *_: None)
+    path = run_dir / "export" / "saved_model" / "1"
+    assert records[0]["path"] == str(path) and records[0]["bytes"] > 0
+    check = records[0]["check"]
+    for signature in ("images", "serving_default"):
+        for head in ("expression", "valence", "arousal"):
+            assert check[signature][head]["max_abs_diff"] < export.MAX_ABS_DIFF
+    assert json.loads((path.parent / "check.json").read_text())["check"]["met"]
+
+    loaded = tf.saved_model.load(str(path))
+    assert set(loaded.signatures) == {"serving_default", "images"}
+    default = loaded.signatures["serving_default"]
+    assert list(default.structured_input_signature[1]) == ["image_bytes"]
+    assert set(default.structured_outputs) == {"expression", "valence", "arousal"}
+
+    # encoded images of other sizes: decoded and resized by the package's path, JPEG and PNG
+    photo = np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    png = cv2.imencode(".png", photo[..., ::-1])[1].tobytes()
+    jpeg = cv2.imencode(".jpg", photo[..., ::-1])[1].tobytes()
+    expected_inputs = np.stack(
+        [np.asarray(resize_image(decode_image(data), SIZE)) for data in (png, jpeg)]
+    )
+    expected = export.run_keras(models.load_model(run_dir / "model.keras"), expected_inputs)
+    got = export.run_saved_model(path, image_bytes=[png, jpeg])
+    for head in expected:
+        np.testing.assert_allclose(got[head], expected[head], atol=1e-5)
+    # uint8 images of any size through the "images" signature
+    any_size = loaded.signatures["images"](images=tf.constant(photo[None]))
+    direct = export.run_keras(models.load_model(run_dir / "model.keras"), photo[None])
+    np.testing.assert_allclose(any_size["expression"].numpy(), direct["expression"], atol=1e-5)
+
+    metadata = export.read_saved_model_metadata(path)
+    assert metadata["class_names"][:2] == ["neutral", "happy"] and len(metadata["class_names"]) == 8
+    assert metadata["image_size"] == SIZE and metadata["preprocessing"] == "unit"
+    assert metadata["output_shapes"]["expression"] == ["batch", 8]
+
+
+def test_tflite_float32_float16_int8_in_litert(run_dir, held_out):
+    from ai_edge_litert.interpreter import Interpreter
+
+    images, reference = held_out
+    records = export.export_run(run_dir, "tflite", log=lambda *_: None)
+    assert [r["quantization"] for r in records] == ["float32", "float16", "int8"]
+    sizes = {r["quantization"]: r["bytes"] for r in records}
+    assert sizes["int8"] < sizes["float16"] < sizes["float32"]
+    for record in records:
+        quantization = record["quantization"]
+        expression = record["check"]["outputs"]["expression"]
+        assert expression["top1_agreement"] >= export.MIN_TOP1_AGREEMENT[quantization]
+        assert (
+            record["check"]["outputs"]["valence"]["mean_abs_diff"]
+            <= (export.MAX_VA_MEAN_ABS_DIFF[quantization])
+        )
+        # the record is the comparison of the file as read back now
+        again = export.compare_outputs(reference, export.run_tflite(record["path"], images))
+        assert again["expression"]["top1_agreement"] == expression["top1_agreement"]
+        metadata = export.read_tflite_metadata(record["path"])
+        assert metadata["quantization"] == quantization
+        assert metadata["class_names"] == reference_class_names(run_dir)
+        assert f"{SIZE}x{SIZE}" in metadata["input_format"]
+        interpreter = Interpreter(model_path=record["path"])
+        (details,) = interpreter.get_input_details()
+        assert details["dtype"] == np.uint8 and list(details["shape_signature"]) == [
+            -1,
+            SIZE,
+            SIZE,
+            3,
+        ]
+        kinds = {d["dtype"] for d in interpreter.get_tensor_details()}
+        assert (np.int8 in kinds) == (quantization == "int8")
+    float32 = records[0]["check"]["outputs"]
+    assert float32["expression"]["max_abs_diff"] < 1e-5  # float32 is exact up to rounding
+
+
+def reference_class_names(run_dir):
+    return models.model_metadata(models.load_model(run_dir / "model.keras"))["class_names"]
+
+
+def test_onnx_parity_and_metadata_properties(run_dir, held_out, tmp_path, capsys):
+    import onnxruntime
+
+    images, reference = held_out
+    output = tmp_path / "exp.onnx"
+    export.main(["--model-dir", str(run_dir), "--format", "onnx", "--output", str(output)])
+    printed = capsys.readouterr().out
+    assert "Checking on 48 images (selection)" in printed and "Check onnx vs Keras" in printed
+    record = json.loads((tmp_path / "exp.onnx.check.json").read_text())
+    assert record["check"]["outputs"]["expression"]["max_abs_diff"] < export.MAX_ABS_DIFF
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert {o.name for o in session.get_outputs()} == {"expression", "valence", "arousal"}
+    got = export.run_onnx(output, images)
+    for head in reference:
+        assert np.abs(got[head] - reference[head]).max() < export.MAX_ABS_DIFF
+    properties = session.get_modelmeta().custom_metadata_map
+    assert json.loads(properties["class_names"]) == reference_class_names(run_dir)
+    assert properties["image_size"] == str(SIZE)
+    assert export.read_onnx_metadata(output)["task"] == "all"
+
+
+def test_a_crowd_model_exports_its_prediction_model(tmp_path):
+    built = models.build_model(
+        "compact_cnn_small",
+        task="all",
+        target="cv",
+        num_annotators=5,
+        weights=None,
+        image_size=SIZE,
+        dropout=0.0,
+    )
+    built.training_model.save(tmp_path / "crowd_model.keras")
+    loaded = models.load_model(tmp_path / "crowd_model.keras")
+    assert len(loaded.outputs) == 3 and loaded.outputs[0].shape[-1] == 5  # per-annotator outputs
+    prediction = export.prediction_model_of(loaded)
+    images = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+    path = export.export_onnx(loaded, tmp_path / "crowd.onnx")
+    got = export.run_onnx(path, images)
+    expected = export.run_keras(built.prediction_model, images)
+    assert set(got) == {"expression", "valence", "arousal"}
+    assert got["expression"].shape == (4, 8)
+    for head in expected:
+        np.testing.assert_allclose(got[head], expected[head], atol=1e-5)
+    assert export.prediction_model_of(prediction) is prediction
+
+
+def test_single_head_model(tmp_path):
+    built = models.build_model(
+        "compact_cnn_small", task="exp", num_classes=7, weights=None, image_size=SIZE
+    )
+    images = np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    path = export.export_tflite(built.prediction_model, tmp_path / "exp.tflite")
+    got = export.run_tflite(path, images)
+    assert set(got) == {"expression"} and got["expression"].shape == (3, 7)
+    assert export.read_tflite_metadata(path)["output_shapes"] == {"expression": ["batch", 7]}
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        "resnet50",
+        "mobilenet",
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "efficientnet_b0",
+        "efficientnet_b2",
+        "compact_cnn",
+    ],
+)
+def test_every_backbone_exports_to_tflite_and_onnx(backbone, tmp_path):
+    built = models.build_model(backbone, task="all", weights=None, image_size=SIZE, dropout=0.0)
+    model = built.prediction_model
+    images = np.random.default_rng(2).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+    reference = export.run_keras(model, images)
+    onnx_path = export.export_onnx(model, tmp_path / "model.onnx")
+    tflite_path = export.export_tflite(model, tmp_path / "model.tflite")
+    for got in (export.run_onnx(onnx_path, images), export.run_tflite(tflite_path, images)):
+        comparison = export.compare_outputs(reference, got)
+        for head in ("expression", "valence", "arousal"):
+            # untrained backbones have large activations: relative to the output's range
+            assert comparison[head]["max_abs_diff"] < 1e-4 * max(1, np.abs(reference[head]).max())
+
+
+def test_an_op_a_format_cannot_take_is_named(tmp_path):
+    model = models.build_model(
+        "compact_cnn_small", task="exp", weights=None, image_size=SIZE
+    ).prediction_model
+    # another input side puts the anti-aliased resize (ScaleAndTranslate) into the graph
+    with pytest.raises(export.ExportError, match=r"TFLite float32: op\(s\) ScaleAndTranslate"):
+        export.export_tflite(model, tmp_path / "m.tflite", input_size=48)
+    with pytest.raises(export.ExportError, match=r"ONNX opset 17: op\(s\) ScaleAndTranslate"):
+        export.export_onnx(model, tmp_path / "m.onnx", input_size=48)
+    assert not os.path.exists(tmp_path / "m.tflite") and not os.path.exists(tmp_path / "m.onnx")
+
+
+def test_a_failed_check_raises_and_keeps_its_record(run_dir, tmp_path, monkeypatch):
+    real = export.run_tflite
+
+    def swapped_classes(path, images, batch_size=32):
+        outputs = real(path, images, batch_size)
+        outputs["expression"] = outputs["expression"][:, ::-1]
+        return outputs
+
+    monkeypatch.setattr(export, "run_tflite", swapped_classes)
+    output = tmp_path / "broken.tflite"
+    with pytest.raises(export.ParityError, match=r"tflite float32 export differs.*top-1 agreement"):
+        export.export_run(
+            run_dir, "tflite", output=output, quantizations=["float32"], log=lambda *_: None
+        )
+    record = json.loads((tmp_path / "broken.tflite.check.json").read_text())
+    assert record["check"]["outputs"]["expression"]["top1_agreement"] < 0.5
+    assert record["check"]["met"] == [] and output.exists()
+
+
+def test_check_parity_thresholds():
+    comparison = {
+        "images": 200,
+        "expression": {"max_abs_diff": 0.01, "mean_abs_diff": 0.001, "top1_agreement": 0.975},
+        "valence": {"max_abs_diff": 0.2, "mean_abs_diff": 0.05},
+    }
+    assert len(export.check_parity(comparison, "tflite", "int8")) == 2
+    with pytest.raises(export.ParityError, match=r"top-1 agreement >= 99.5%"):
+        export.check_parity(comparison, "tflite", "float16")
+    with pytest.raises(export.ParityError, match=r"expression max \|diff\| < 0.0001"):
+        export.check_parity(comparison, "onnx")
+
+
+def test_check_data_from_a_folder_counts_unreadable_files(run_dir, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    (folder / "3.jpg").write_bytes(b"not an image")
+    images = export.check_images(run_dir, str(folder), count=10, image_size=SIZE)
+    assert images.shape == (3, SIZE, SIZE, 3)
+    assert "Skipped 1 of 4 files" in capsys.readouterr().err
+
+
+def test_errors_name_what_is_wrong(run_dir, tmp_path, capsys):
+    model = models.load_model(run_dir / "model.keras")
+    with pytest.raises(export.ExportError, match="int8 quantization needs representative"):
+        export.export_tflite(model, tmp_path / "m.tflite", "int8")
+    with pytest.raises(SystemExit):
+        export.main(["--model-dir", str(tmp_path / "nowhere"), "--format", "onnx"])
+    assert f"No model.keras in the run folder: {tmp_path / 'nowhere'}" in capsys.readouterr().err
+    with pytest.raises(export.ExportError, match="has no split 'bogus'"):
+        export.check_images(run_dir, "bogus", count=5)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(export.ExportError, match="holds no image files"):
+        export.check_images(run_dir, str(empty), count=5, image_size=SIZE)
+    with pytest.raises(ValueError, match="--output names one file"):
+        export.export_run(run_dir, "tflite", output=tmp_path / "x.tflite", check=False)
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(export.ExportError, match="no ModelMetadata layer"):
+        export.prediction_model_of(plain)
+    with pytest.raises(export.ExportError, match="no affectnet_tf.metadata"):
+        export.read_onnx_metadata(_plain_onnx(tmp_path))
+
+
+def _plain_onnx(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "plain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph), path)
+    return path
