@@ -50,8 +50,9 @@ DOCS_REQUIRES = [
 EXPORT_REQUIRES = ["tf2onnx>=1.16", "onnx>=1.15", "onnxruntime>=1.17", "ai-edge-litert>=1.2"]
 
 # `python -m affectnet_tf.serve`: aiohttp, an asyncio HTTP server (request size limits, one event
-# loop that gathers concurrent requests into one model batch).
-SERVE_REQUIRES = ["aiohttp>=3.9"]
+# loop that gathers concurrent requests into one model batch); Pillow (also matplotlib's) reads
+# an image's size from its header, so that an oversized image is refused before decoding.
+SERVE_REQUIRES = ["aiohttp>=3.9", "pillow>=10"]
 
 EXTRAS_REQUIRE = {
     "test": [

@@ -13,9 +13,9 @@ writes to the standard error; everything else it writes is passed on. Neither ha
 TensorFlow was imported before the package. It also applies to programs that import the package;
 set ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything.
 
-The command-line modules (``train``, ``evaluate``, ``predict``, ``agreement``, ``video_train``)
-are imported on first attribute access (``affectnet_tf.train``), not with the package, so that
-``python -m affectnet_tf.train`` runs its module once.
+The command-line modules (``train``, ``evaluate``, ``predict``, ``agreement``, ``video_train``,
+``export``, ``serve``) are imported on first attribute access (``affectnet_tf.train``), not
+with the package, so that ``python -m affectnet_tf.train`` runs its module once.
 """
 
 import importlib
@@ -58,7 +58,7 @@ __all__ = [
 
 # Command-line modules: importing one with the package would make ``python -m`` run it twice
 # (runpy's "found in sys.modules" RuntimeWarning).
-_COMMANDS = ("agreement", "evaluate", "predict", "train", "video_train")
+_COMMANDS = ("agreement", "evaluate", "export", "predict", "serve", "train", "video_train")
 
 
 def __getattr__(name):

@@ -189,3 +189,16 @@ def test_real_crowds_benchmark_on_labelme(bench_real_crowds, capsys):
     assert "1000 training items, 59 annotators, 8 classes, 2547 answers" in stdout
     scores = dict(re.findall(r"^(\w+)\s+test (0\.\d+)", stdout, flags=re.M))
     assert float(scores["pooled"]) > float(scores["mv"])
+
+
+def test_export_benchmark_measures_every_format(tmp_path):
+    bench_export = _load_benchmark("bench_export.py")
+    output = tmp_path / "export.json"
+    results = bench_export.main(["--quick", "--output", str(output)])
+    formats = ["keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_int8", "onnx"]
+    assert [row["format"] for row in results] == formats
+    sizes = {row["format"]: row["bytes"] for row in results}
+    assert sizes["tflite_int8"] < sizes["tflite_float16"] < sizes["tflite_float32"]
+    assert all(row["latency_ms"] > 0 and row["images_per_s"] > 0 for row in results)
+    saved = json.loads(output.read_text())
+    assert saved["image_size"] == 64 and saved["results"] == results

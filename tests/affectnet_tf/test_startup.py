@@ -9,7 +9,7 @@ import pytest
 import affectnet_tf
 from affectnet_tf import _startup
 
-COMMANDS = ("train", "evaluate", "predict", "agreement", "video_train")
+COMMANDS = ("train", "evaluate", "predict", "agreement", "video_train", "export", "serve")
 
 NOTICES = (
     b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
@@ -45,8 +45,8 @@ def test_the_commands_are_imported_on_first_use():
     assert set(COMMANDS) <= set(dir(affectnet_tf))
     assert affectnet_tf.train is sys.modules["affectnet_tf.train"]
     assert callable(affectnet_tf.video_train.main)
-    with pytest.raises(AttributeError, match="'affectnet_tf' has no attribute 'serve'"):
-        affectnet_tf.serve  # noqa: B018
+    with pytest.raises(AttributeError, match="'affectnet_tf' has no attribute 'serving'"):
+        affectnet_tf.serving  # noqa: B018
 
 
 _IMPORTED_COMMANDS = f"""
