@@ -495,6 +495,23 @@ def export_onnx(model, path, opset=ONNX_OPSET, input_size=None):
         _rename_onnx_tensor(model_proto, tensor.name, head)
     custom = _onnx_unknown_nodes(model_proto)
     if custom:
+        calls = sorted(
+            node.attr["f"].func.name
+            for node in frozen.graph.as_graph_def().node
+            if node.op in ("StatefulPartitionedCall", "PartitionedCall")
+        )
+        if calls:  # a function call TensorFlow kept in the frozen graph: say what it is
+            what = (
+                "grouped convolutions, which Keras runs as XLA-compiled functions"
+                if all("_conv_xla" in name for name in calls)
+                else "function calls that TensorFlow did not inline"
+            )
+            custom = [
+                f"{op} ({len(calls)} {what}, e.g. {calls[0]})"
+                if op.endswith("PartitionedCall")
+                else op
+                for op in custom
+            ]
         raise ExportError(
             f"The {info['backbone']} model cannot be exported to ONNX opset {opset}: op(s) "
             f"{', '.join(custom)} have no ONNX conversion (tf2onnx)."
