@@ -54,6 +54,16 @@ EXPORT_REQUIRES = ["tf2onnx>=1.16", "onnx>=1.15", "onnxruntime>=1.17", "ai-edge-
 # an image's size from its header, so that an oversized image is refused before decoding.
 SERVE_REQUIRES = ["aiohttp>=3.9", "pillow>=10"]
 
+# `python -m affectnet_tf.convert --from hsemotion`: HSEmotion's weights are ONNX files, read with
+# the onnx package (EmoNet's .pth files need nothing: the package reads them without PyTorch).
+CONVERT_REQUIRES = ["onnx>=1.15"]
+
+# Development only, never for the package or CI: remaking the parity fixtures of the converted
+# models from the reference implementations (tests/make_emonet_fixture.py,
+# tests/make_hsemotion_fixture.py). timm needs torchvision, which needs this torch; the EmoNet
+# fixture was made with torch 2.13.0, the HSEmotion one with 2.14.1 (both CPU builds).
+FIXTURES_REQUIRES = ["torch==2.14.1", "torchvision==0.29.1", "timm>=1.0"]
+
 EXTRAS_REQUIRE = {
     "test": [
         "pytest>=7.4",
@@ -73,6 +83,8 @@ EXTRAS_REQUIRE = {
         "selenium>=4.10",
     ],
     "export": EXPORT_REQUIRES,
+    "convert": CONVERT_REQUIRES,
+    "fixtures": FIXTURES_REQUIRES,
     "serve": SERVE_REQUIRES,
     "beam": BEAM_REQUIRES,
     "docs": DOCS_REQUIRES,

@@ -14,8 +14,9 @@ TensorFlow was imported before the package. It also applies to programs that imp
 set ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything.
 
 The command-line modules (``train``, ``evaluate``, ``predict``, ``agreement``, ``video_train``,
-``export``, ``serve``) are imported on first attribute access (``affectnet_tf.train``), not
-with the package, so that ``python -m affectnet_tf.train`` runs its module once.
+``export``, ``serve``, ``convert``) are imported on first attribute access
+(``affectnet_tf.train``), not with the package, so that ``python -m affectnet_tf.train`` runs
+its module once.
 """
 
 import importlib
@@ -26,7 +27,7 @@ import_tensorflow_quietly()
 
 import crowd_layers  # noqa: F401  (registers the crowd layers and losses with Keras)
 import tfds_affectnet  # noqa: F401  (registers the TFDS builders)
-from affectnet_tf import faces, images, metrics, video
+from affectnet_tf import emonet, faces, hsemotion, images, metrics, video
 from affectnet_tf.backbones import BACKBONES, WeightsUnavailableError
 from affectnet_tf.data import DatasetInfo, make_dataset
 from affectnet_tf.faces import FaceCropper
@@ -48,6 +49,8 @@ __all__ = [
     "load_model",
     "model_metadata",
     "FaceCropper",
+    "emonet",
+    "hsemotion",
     "faces",
     "video",
     "images",
@@ -58,7 +61,16 @@ __all__ = [
 
 # Command-line modules: importing one with the package would make ``python -m`` run it twice
 # (runpy's "found in sys.modules" RuntimeWarning).
-_COMMANDS = ("agreement", "evaluate", "export", "predict", "serve", "train", "video_train")
+_COMMANDS = (
+    "agreement",
+    "convert",
+    "evaluate",
+    "export",
+    "predict",
+    "serve",
+    "train",
+    "video_train",
+)
 
 
 def __getattr__(name):

@@ -48,8 +48,16 @@ PREPROCESSING_MODES = {
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
     """One backbone: ``keras.applications`` constructor name (or ``None`` for
-    :func:`compact_cnn`), preprocessing mode, default image size, ImageNet weights file, and
-    for :func:`compact_cnn` its width and BatchNormalization momentum."""
+    :func:`compact_cnn` and the converted families), preprocessing mode, default image size,
+    ImageNet weights file, and for :func:`compact_cnn` its width and BatchNormalization momentum.
+
+    A converted published model (EmoNet, HSEmotion) names instead its ``builder``, a
+    ``"module:function"`` called as ``function(image_size=..., name=...)`` that returns the
+    headless backbone (preprocessed images in, pooled features out), and its
+    ``weights_loader``, ``"module:function"`` called as ``function(backbone, path)`` that loads
+    the user's downloaded weights file into it; ``pretrained`` names that file for messages, and
+    ``min_size`` is the smallest input side the architecture takes.
+    """
 
     constructor: str | None
     preprocessing: str
@@ -57,6 +65,10 @@ class BackboneSpec:
     weights_file: str | None = None
     width: int = 32
     bn_momentum: float = 0.99
+    builder: str | None = None
+    weights_loader: str | None = None
+    pretrained: str | None = None
+    min_size: int = 32
 
 
 BACKBONES = {
@@ -86,6 +98,33 @@ BACKBONES = {
     "efficientnet_v2_s": BackboneSpec("EfficientNetV2S", "raw", 384, "efficientnetv2-s_notop.h5"),
     "convnext_tiny": BackboneSpec("ConvNeXtTiny", "raw", 224, "convnext_tiny_notop.h5"),
     "compact_cnn": BackboneSpec(None, "unit", 64),
+    # Published affect models, converted from the weights file the user downloaded
+    # (affectnet_tf.emonet, affectnet_tf.hsemotion; python -m affectnet_tf.convert).
+    "emonet": BackboneSpec(
+        None,
+        "unit",
+        256,
+        builder="affectnet_tf.emonet:emonet_backbone",
+        weights_loader="affectnet_tf.emonet:load_backbone_weights",
+        pretrained="emonet_8.pth or emonet_5.pth",
+        min_size=64,
+    ),
+    "hsemotion_enet_b0": BackboneSpec(
+        None,
+        "raw",
+        224,
+        builder="affectnet_tf.hsemotion:hsemotion_backbone_b0",
+        weights_loader="affectnet_tf.hsemotion:load_backbone_weights",
+        pretrained="an HSEmotion enet_b0_*.onnx file",
+    ),
+    "hsemotion_enet_b2": BackboneSpec(
+        None,
+        "raw",
+        260,
+        builder="affectnet_tf.hsemotion:hsemotion_backbone_b2",
+        weights_loader="affectnet_tf.hsemotion:load_backbone_weights",
+        pretrained="an HSEmotion enet_b2_*.onnx file",
+    ),
     # half the filters (about 4x fewer operations) and batch statistics that follow a short
     # run: the model of `make demo` (synthetic_faces in minutes on a laptop CPU)
     "compact_cnn_small": BackboneSpec(None, "unit", 64, width=16, bn_momentum=0.9),
@@ -164,6 +203,22 @@ def build_backbone(name, weights="imagenet", image_size=None):
     size = int(image_size or spec.default_size)
     if isinstance(weights, str) and weights.lower() == "none":
         weights = None
+    if spec.builder is not None:
+        if weights == "imagenet":
+            raise ValueError(
+                f"{name!r} has no ImageNet weights: pass the published weights file you "
+                f"downloaded ({spec.pretrained}) as weights (--weights PATH), or None to train "
+                f"from scratch. Received: weights='imagenet'"
+            )
+        if size < spec.min_size:
+            raise ValueError(
+                f"{name!r} takes images of at least {spec.min_size}x{spec.min_size}. "
+                f"Received: image_size={size}"
+            )
+        backbone = _import_function(spec.builder)(image_size=size, name=name)
+        if weights is not None:
+            _import_function(spec.weights_loader)(backbone, _check_weights_path(weights))
+        return backbone, spec
     if spec.constructor is None:
         backbone = compact_cnn(
             (size, size, 3), width=spec.width, name=name, bn_momentum=spec.bn_momentum
@@ -189,6 +244,14 @@ def build_backbone(name, weights="imagenet", image_size=None):
             f"~/.keras), pass a weights file path, or train from scratch with --weights none."
         ) from error
     return backbone, spec
+
+
+def _import_function(reference):
+    """The function named by ``"module:function"``."""
+    import importlib
+
+    module, _, function = reference.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _check_weights_path(path):

@@ -9,7 +9,16 @@ import pytest
 import affectnet_tf
 from affectnet_tf import _startup
 
-COMMANDS = ("train", "evaluate", "predict", "agreement", "video_train", "export", "serve")
+COMMANDS = (
+    "train",
+    "evaluate",
+    "predict",
+    "agreement",
+    "video_train",
+    "export",
+    "serve",
+    "convert",
+)
 
 NOTICES = (
     b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"

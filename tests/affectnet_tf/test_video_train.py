@@ -3,6 +3,7 @@
 import json
 import os
 
+import hsemotion_weights
 import joblib
 import make_face_clips
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import affectnet_tf
-from affectnet_tf import video_train
+from affectnet_tf import convert, video_train
 from tfds_affectnet import AfewConfig, VgafConfig
 
 pytest.importorskip("skimage", reason="scikit-image ships the astronaut test image")
@@ -142,6 +143,27 @@ def test_command_line_on_vgaf(run_dir, layouts, tmp_path, capsys):
     builder = tfds.builder("vgaf", config="default_24_every2", data_dir=str(data_dir))
     assert builder.info.splits["train"].num_examples == 5
     assert (tmp_path / "video_metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_hsemotion_recipe_on_afew(layouts, tmp_path):
+    """HSEmotion's video recipe end to end: a converted HSEmotion model (seeded weights in its
+    published graph) gives the frame embeddings (1280 features of EfficientNet-B0)."""
+    run = tmp_path / "hse"
+    weights = hsemotion_weights.write_seeded_file(tmp_path / "enet_b0_8_best_vgaf.onnx", "b0_8")
+    convert.convert("hsemotion", weights, run / "model.keras")
+    root, data_dir = layouts
+    result = video_train.train_video_classifier(
+        run,
+        "afew",
+        builder_config=AfewConfig(name="tiny", crop_size=24, every_n=2),
+        data_dir=data_dir,
+        manual_dir=root / "afew",
+        output_dir=tmp_path,
+    )
+    assert result["embedding_dims"] == 1280
+    assert result["train"]["clips"] == 5 and result["validation"]["clips"] == 3
+    assert 0.0 <= result["validation"]["accuracy_all"] <= 1.0
 
 
 def test_no_training_face(run_dir, tmp_path):
