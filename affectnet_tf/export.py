@@ -64,7 +64,8 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from affectnet_tf.backbones import ModelMetadata
 from affectnet_tf.images import decode_image, load_image_file, resize_image
-from affectnet_tf.models import load_model, model_metadata
+from affectnet_tf.models import model_metadata
+from affectnet_tf.predict import load_run_model
 from affectnet_tf.version import __version__
 
 __all__ = [
@@ -150,16 +151,9 @@ def prediction_model_of(model):
 
 
 def load_export_model(model_dir):
-    """The prediction model of a run folder (``RUN/model.keras``) or of a ``.keras`` file."""
-    path = os.fspath(model_dir)
-    if os.path.isdir(path):
-        path = os.path.join(path, "model.keras")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"No model.keras in the run folder: {path} does not exist. "
-            f"Received: model_dir={os.fspath(model_dir)!r}"
-        )
-    return prediction_model_of(load_model(path))
+    """The prediction model of a run folder (``RUN/model.keras``) or of a ``.keras`` file (the
+    one inside, for a crowd training model)."""
+    return prediction_model_of(load_run_model(model_dir))
 
 
 def export_metadata(model, input_size=None):

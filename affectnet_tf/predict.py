@@ -50,6 +50,9 @@ __all__ = [
     "expand_inputs",
     "load_run_model",
     "predict_inputs",
+    "bounded_number",
+    "add_face_arguments",
+    "face_cropper",
     "build_parser",
     "main",
 ]
@@ -474,6 +477,86 @@ def predict_inputs(
     return summaries, problems
 
 
+def bounded_number(kind, minimum, strict=False, maximum=None):
+    """An argparse type: ``kind`` values from ``minimum`` (excluded when ``strict``) up to
+    ``maximum``."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if maximum is not None and not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be {minimum}..{maximum}, got {text}")
+        if value < minimum or (strict and value == minimum):
+            relation = ">" if strict else ">="
+            raise argparse.ArgumentTypeError(f"must be {relation} {minimum}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # the name argparse and the flag tables show
+    return parse
+
+
+def add_face_arguments(parser, title="Faces"):
+    """Adds the options of the face-crop stage (:class:`~affectnet_tf.faces.FaceCropper`) to
+    ``parser`` as a group ``title``; :func:`face_cropper` builds the cropper from them."""
+    group = parser.add_argument_group(title)
+    cropper = faces_module.FaceCropper  # its defaults
+    group.add_argument(
+        "--working-size",
+        type=bounded_number(int, 0),
+        default=cropper.working_size,
+        help="MTCNN runs as on images downscaled to this longer side (its pyramid starts "
+        f"there); 0: full size, plain MTCNN (default: {cropper.working_size})",
+    )
+    group.add_argument(
+        "--min-face-size",
+        type=bounded_number(int, 12),
+        default=cropper.min_face_size,
+        help=f"smallest face side, in working-image pixels (default: {cropper.min_face_size})",
+    )
+    group.add_argument(
+        "--thresholds",
+        type=float,
+        nargs=3,
+        default=cropper.thresholds,
+        help="MTCNN PNet RNet ONet thresholds (default: "
+        + " ".join(f"{t:g}" for t in cropper.thresholds)
+        + ")",
+    )
+    group.add_argument(
+        "--margin",
+        type=bounded_number(float, 0.0),
+        default=cropper.margin,
+        help=f"crop margin on every side (default: {cropper.margin:g})",
+    )
+    group.add_argument(
+        "--crop-size",
+        type=bounded_number(int, 1),
+        default=224,
+        help="side of the face crops (default: 224)",
+    )
+    group.add_argument("--align", action="store_true", help="5-point aligned crops")
+    group.add_argument(
+        "--largest-only", action="store_true", help="only the largest face of each image"
+    )
+    group.add_argument("--device", default="CPU:0", help="MTCNN's device (default: CPU:0)")
+
+
+def face_cropper(args):
+    """The :class:`~affectnet_tf.faces.FaceCropper` of the options of :func:`add_face_arguments`."""
+    return faces_module.FaceCropper(
+        working_size=args.working_size,
+        min_face_size=args.min_face_size,
+        thresholds=tuple(args.thresholds),
+        margin=args.margin,
+        crop_size=args.crop_size,
+        align=args.align,
+        mode=faces_module.LARGEST if args.largest_only else faces_module.ALL,
+        device=args.device,
+    )
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m affectnet_tf.predict",
@@ -507,44 +590,7 @@ def build_parser():
     group.add_argument(
         "--cache-dir", default=None, help="per-video box cache folder (default: none)"
     )
-    group = parser.add_argument_group("Faces")
-    cropper = faces_module.FaceCropper  # its defaults
-    group.add_argument(
-        "--working-size",
-        type=int,
-        default=cropper.working_size,
-        help="MTCNN runs as on frames downscaled to this longer side (its pyramid starts there); "
-        f"0: full size, plain MTCNN (default: {cropper.working_size})",
-    )
-    group.add_argument(
-        "--min-face-size",
-        type=int,
-        default=cropper.min_face_size,
-        help=f"smallest face side, in working-frame pixels (default: {cropper.min_face_size})",
-    )
-    group.add_argument(
-        "--thresholds",
-        type=float,
-        nargs=3,
-        default=cropper.thresholds,
-        help="MTCNN PNet RNet ONet thresholds (default: "
-        + " ".join(f"{t:g}" for t in cropper.thresholds)
-        + ")",
-    )
-    group.add_argument(
-        "--margin",
-        type=float,
-        default=cropper.margin,
-        help=f"crop margin on every side (default: {cropper.margin:g})",
-    )
-    group.add_argument(
-        "--crop-size", type=int, default=224, help="side of the face crops (default: 224)"
-    )
-    group.add_argument("--align", action="store_true", help="5-point aligned crops")
-    group.add_argument(
-        "--largest-only", action="store_true", help="only the largest face of each frame"
-    )
-    group.add_argument("--device", default="CPU:0", help="MTCNN's device (default: CPU:0)")
+    add_face_arguments(parser)
     return parser
 
 
@@ -552,16 +598,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     predictor = Predictor(
         load_run_model(args.model_dir),
-        faces_module.FaceCropper(
-            working_size=args.working_size,
-            min_face_size=args.min_face_size,
-            thresholds=tuple(args.thresholds),
-            margin=args.margin,
-            crop_size=args.crop_size,
-            align=args.align,
-            mode=faces_module.LARGEST if args.largest_only else faces_module.ALL,
-            device=args.device,
-        ),
+        face_cropper(args),
         batch_size=args.batch_size,
     )
     writer = RecordWriter(args.output, predictor.class_names)

@@ -106,7 +106,13 @@ from aiohttp import web
 from affectnet_tf import faces as faces_module
 from affectnet_tf.images import decode_image, resize_image
 from affectnet_tf.models import model_metadata
-from affectnet_tf.predict import Predictor, load_run_model
+from affectnet_tf.predict import (
+    Predictor,
+    add_face_arguments,
+    bounded_number,
+    face_cropper,
+    load_run_model,
+)
 
 __all__ = [
     "DEFAULT_PORT",
@@ -943,26 +949,6 @@ async def _serve_forever(app, host, port, announce):
 # -- the command line ---------------------------------------------------------------------------
 
 
-def _bounded(kind, minimum, strict=False, maximum=None):
-    """An argparse type: ``kind`` values from ``minimum`` (excluded when ``strict``) up to
-    ``maximum``."""
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if maximum is not None and not minimum <= value <= maximum:
-            raise argparse.ArgumentTypeError(f"must be {minimum}..{maximum}, got {text}")
-        if value < minimum or (strict and value == minimum):
-            relation = ">" if strict else ">="
-            raise argparse.ArgumentTypeError(f"must be {relation} {minimum}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # the name argparse and the flag tables show
-    return parse
-
-
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m affectnet_tf.serve",
@@ -977,7 +963,7 @@ def build_parser():
     )
     group.add_argument(
         "--model-version",
-        type=_bounded(int, 1),
+        type=bounded_number(int, 1),
         default=1,
         help="the version the model answers as (default: 1)",
     )
@@ -992,7 +978,7 @@ def build_parser():
     )
     group.add_argument(
         "--port",
-        type=_bounded(int, 0, maximum=65535),
+        type=bounded_number(int, 0, maximum=65535),
         default=DEFAULT_PORT,
         help=f"the port; 0: a free one (default: {DEFAULT_PORT})",
     )
@@ -1002,76 +988,36 @@ def build_parser():
     group = parser.add_argument_group("Batching")
     group.add_argument(
         "--max-batch-size",
-        type=_bounded(int, 1),
+        type=bounded_number(int, 1),
         default=32,
         help="images per model call (default: 32)",
     )
     group.add_argument(
         "--batch-timeout-ms",
-        type=_bounded(float, 0.0),
+        type=bounded_number(float, 0.0),
         default=5.0,
         help="how long a batch waits for more images after its first (default: 5)",
     )
     group = parser.add_argument_group("Limits")
     group.add_argument(
         "--max-request-mb",
-        type=_bounded(float, 0.0, strict=True),
+        type=bounded_number(float, 0.0, strict=True),
         default=16.0,
         help="largest request body, in MiB (default: 16)",
     )
     group.add_argument(
         "--max-image-pixels",
-        type=_bounded(int, 1),
+        type=bounded_number(int, 1),
         default=40_000_000,
         help="largest image, height x width (default: 40000000)",
     )
     group.add_argument(
         "--max-instances",
-        type=_bounded(int, 1),
+        type=bounded_number(int, 1),
         default=64,
         help="most instances in one request (default: 64)",
     )
-    group = parser.add_argument_group("Faces (with --detect-faces)")
-    cropper = faces_module.FaceCropper  # its defaults
-    group.add_argument(
-        "--working-size",
-        type=_bounded(int, 0),
-        default=cropper.working_size,
-        help="MTCNN runs as on images downscaled to this longer side; 0: full size "
-        f"(default: {cropper.working_size})",
-    )
-    group.add_argument(
-        "--min-face-size",
-        type=_bounded(int, 12),
-        default=cropper.min_face_size,
-        help=f"smallest face side, in working-image pixels (default: {cropper.min_face_size})",
-    )
-    group.add_argument(
-        "--thresholds",
-        type=float,
-        nargs=3,
-        default=cropper.thresholds,
-        help="MTCNN PNet RNet ONet thresholds (default: "
-        + " ".join(f"{t:g}" for t in cropper.thresholds)
-        + ")",
-    )
-    group.add_argument(
-        "--margin",
-        type=_bounded(float, 0.0),
-        default=cropper.margin,
-        help=f"crop margin on every side (default: {cropper.margin:g})",
-    )
-    group.add_argument(
-        "--crop-size",
-        type=_bounded(int, 1),
-        default=224,
-        help="side of the face crops (default: 224)",
-    )
-    group.add_argument("--align", action="store_true", help="5-point aligned crops")
-    group.add_argument(
-        "--largest-only", action="store_true", help="only the largest face of each image"
-    )
-    group.add_argument("--device", default="CPU:0", help="MTCNN's device (default: CPU:0)")
+    add_face_arguments(parser, "Faces (with --detect-faces)")
     return parser
 
 
@@ -1091,16 +1037,7 @@ def main(argv=None):
         parser.error(str(error))
     cropper = None
     if args.detect_faces:
-        cropper = faces_module.FaceCropper(
-            working_size=args.working_size,
-            min_face_size=args.min_face_size,
-            thresholds=tuple(args.thresholds),
-            margin=args.margin,
-            crop_size=args.crop_size,
-            align=args.align,
-            mode=faces_module.LARGEST if args.largest_only else faces_module.ALL,
-            device=args.device,
-        )
+        cropper = face_cropper(args)
     try:
         app = make_app(
             model,
