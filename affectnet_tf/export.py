@@ -114,6 +114,19 @@ MAX_VA_MEAN_ABS_DIFF = {"float32": 1e-3, "float16": 0.02, "int8": 0.1}
 HEADS = ("expression", "valence", "arousal")
 
 
+def _optional(module):
+    """Imports a library of the ``export`` extra, or says how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"Exporting needs {module.split('.')[0]}, which the package's `export` extra "
+            f"installs: pip install 'affectnet-tf[export]' ({error})"
+        ) from error
+
+
 class ExportError(RuntimeError):
     """A model that cannot be exported to a format (the message names the ops), or bad input."""
 
@@ -423,7 +436,7 @@ def export_tflite(model, path, quantization="float32", representative_images=Non
 def _onnx_unknown_nodes(model_proto):
     """Node types of an ONNX graph that ONNX does not define (tf2onnx leaves a TF op that it
     cannot convert in the graph under its TF name)."""
-    import onnx
+    onnx = _optional("onnx")
 
     found = []
     for node in model_proto.graph.node:
@@ -450,8 +463,8 @@ def export_onnx(model, path, opset=ONNX_OPSET, input_size=None):
     Raises:
         ExportError: ops that have no ONNX conversion (named).
     """
-    import onnx
-    import tf2onnx
+    onnx = _optional("onnx")
+    tf2onnx = _optional("tf2onnx")
 
     model = prediction_model_of(model)
     size = int(input_size or model_metadata(model)["image_size"])
@@ -531,7 +544,7 @@ def export_onnx(model, path, opset=ONNX_OPSET, input_size=None):
 
 def read_onnx_metadata(path):
     """The metadata dict stored in an ONNX file by :func:`export_onnx`."""
-    import onnx
+    onnx = _optional("onnx")
 
     model_proto = onnx.load(os.fspath(path), load_external_data=False)
     for entry in model_proto.metadata_props:
@@ -582,7 +595,7 @@ def run_saved_model(path, images=None, image_bytes=None, batch_size=32):
 
 def run_tflite(path, images, batch_size=32):
     """A TFLite model's outputs in the LiteRT interpreter (``ai_edge_litert``)."""
-    from ai_edge_litert.interpreter import Interpreter
+    Interpreter = _optional("ai_edge_litert.interpreter").Interpreter  # noqa: N806
 
     interpreter = Interpreter(model_path=os.fspath(path), num_threads=os.cpu_count())
     runner = interpreter.get_signature_runner("serving_default")
@@ -595,7 +608,7 @@ def run_tflite(path, images, batch_size=32):
 
 def run_onnx(path, images, batch_size=32):
     """An ONNX model's outputs in ``onnxruntime`` (CPU)."""
-    import onnxruntime
+    onnxruntime = _optional("onnxruntime")
 
     session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

@@ -101,7 +101,14 @@ from typing import NamedTuple
 import numpy as np
 import PIL.Image
 import tensorflow as tf
-from aiohttp import web
+
+try:
+    from aiohttp import web
+except ImportError as _error:  # the `serve` extra
+    raise ImportError(
+        "The server needs aiohttp, which the package's `serve` extra installs: "
+        f"pip install 'affectnet-tf[serve]' ({_error})"
+    ) from _error
 
 from affectnet_tf import faces as faces_module
 from affectnet_tf.images import decode_image, resize_image

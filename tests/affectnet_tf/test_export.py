@@ -303,6 +303,11 @@ def test_errors_name_what_is_wrong(run_dir, tmp_path, capsys):
         export.read_onnx_metadata(_plain_onnx(tmp_path))
 
 
+def test_a_missing_export_library_says_which_extra_installs_it():
+    with pytest.raises(ImportError, match=r"pip install 'affectnet-tf\[export\]'"):
+        export._optional("onnx_runtime_that_is_not_installed")
+
+
 def _plain_onnx(tmp_path):
     import onnx
     from onnx import TensorProto, helper
