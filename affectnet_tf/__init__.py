@@ -16,7 +16,8 @@ set ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything.
 The command-line modules (``train``, ``evaluate``, ``predict``, ``agreement``, ``video_train``,
 ``export``, ``serve``, ``convert``) are imported on first attribute access
 (``affectnet_tf.train``), not with the package, so that ``python -m affectnet_tf.train`` runs
-its module once.
+its module once. So are the converters of published models (``emonet``, ``hsemotion``): a
+converted model reloads from its ``.keras`` file without them.
 """
 
 import importlib
@@ -27,7 +28,7 @@ import_tensorflow_quietly()
 
 import crowd_layers  # noqa: F401  (registers the crowd layers and losses with Keras)
 import tfds_affectnet  # noqa: F401  (registers the TFDS builders)
-from affectnet_tf import emonet, faces, hsemotion, images, metrics, video
+from affectnet_tf import faces, images, metrics, video
 from affectnet_tf.backbones import BACKBONES, WeightsUnavailableError
 from affectnet_tf.data import DatasetInfo, make_dataset
 from affectnet_tf.faces import FaceCropper
@@ -49,8 +50,6 @@ __all__ = [
     "load_model",
     "model_metadata",
     "FaceCropper",
-    "emonet",
-    "hsemotion",
     "faces",
     "video",
     "images",
@@ -73,11 +72,15 @@ _COMMANDS = (
 )
 
 
+# Converters of published models, imported on first use too.
+_CONVERTERS = ("emonet", "hsemotion")
+
+
 def __getattr__(name):
-    if name in _COMMANDS:
+    if name in _COMMANDS or name in _CONVERTERS:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_COMMANDS))
+    return sorted(set(globals()) | set(_COMMANDS) | set(_CONVERTERS))
