@@ -68,7 +68,7 @@ without a face gives an empty list:
     {"outputs": {"faces": [[record, ...], ...]}}
 
 Limits: the request body (``--max-request-mb``), the pixels of an image (``--max-image-pixels``,
-read from the image's header before decoding where the format allows, else after) and the
+read from the image's header by Pillow before decoding, else after) and the
 instances of a request (``--max-instances``). Every bad input (not an image, a truncated image,
 wrong JSON, a missing or unknown field, a body or an image too large, an unknown model name,
 version or signature) answers HTTP 400 with TF Serving's error shape ``{"error": "..."}``
