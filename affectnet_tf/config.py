@@ -123,7 +123,11 @@ class RunConfig:
     augment: bool = _setting("Data", True, "training augmentation")
     # Model
     model: str = _setting("Model", "resnet50", "backbone: " + ", ".join(BACKBONES))
-    weights: str | None = _setting("Model", "imagenet", "imagenet, none, or a weights file")
+    weights: str | None = _setting(
+        "Model",
+        "imagenet",
+        "imagenet, none, or a weights file (emonet, hsemotion_*: the authors' published file)",
+    )
     image_size: int | None = _setting("Model", None, "model input side (default: the backbone's)")
     dropout: float = _setting("Model", 0.2, "dropout before the heads")
     # Crowd

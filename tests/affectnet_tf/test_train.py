@@ -411,8 +411,14 @@ def test_help_lists_groups_and_defaults(capsys):
     text = capsys.readouterr().out
     for group in ("Data", "Model", "Crowd", "Optimization", "Distribution", "Output"):
         assert f"{group}:" in text
-    assert "(default: resnet50)" in text and "--crowd-layer" in text
-    for words in ("train, selection", "--overwrite", "continues an interrupted run", "--folds"):
+    assert "--crowd-layer" in text
+    for words in (
+        "(default: resnet50)",
+        "train, selection",
+        "--overwrite",
+        "continues an interrupted run",
+        "--folds",
+    ):
         assert words in " ".join(text.split())
 
 
