@@ -288,7 +288,8 @@ def export_saved_model(model, path):
     path = os.fspath(path)
     if os.path.exists(path):
         shutil.rmtree(path)
-    archive.write_out(path, verbose=False)
+    with _tf_warnings_hidden():  # TF's notice on the default graph's lookup tables (not ours)
+        archive.write_out(path, verbose=False)
     extra = os.path.join(path, SAVED_MODEL_METADATA_FILE)
     os.makedirs(os.path.dirname(extra), exist_ok=True)
     with open(extra, "w", encoding="utf-8") as stream:
@@ -410,7 +411,8 @@ def export_tflite(model, path, quantization="float32", representative_images=Non
     info = dict(export_metadata(model, size), quantization=quantization)
     archive, _, _ = _fixed_size_archive(model, size)
     with tempfile.TemporaryDirectory(prefix="affectnet_tf_tflite_") as folder:
-        archive.write_out(folder, verbose=False)
+        with _tf_warnings_hidden():
+            archive.write_out(folder, verbose=False)
         converter = _tflite_converter(folder, quantization, representative_images)
         try:
             with _tf_warnings_hidden():
@@ -474,7 +476,8 @@ def export_onnx(model, path, opset=ONNX_OPSET, input_size=None):
     # function captures (the mean and variance of EfficientNet's Normalization layer) as graph
     # inputs; this is the freezing tf2onnx itself applies to variables.
     concrete = tf.function(serve, input_signature=spec).get_concrete_function()
-    frozen = convert_variables_to_constants_v2(concrete)
+    with _tf_warnings_hidden():  # TF's notice on the default graph's lookup tables (not ours)
+        frozen = convert_variables_to_constants_v2(concrete)
     outputs = dict(zip(sorted(concrete.structured_outputs), frozen.outputs))
     logger = tf2onnx.logging.getLogger("tf2onnx")
     level = logger.level
