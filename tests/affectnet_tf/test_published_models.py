@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from emonet_weights import seeded_state_dict, write_torch_zip
 
-from affectnet_tf import convert, emonet, export, hsemotion, models, predict
+from affectnet_tf import backbones, convert, emonet, export, hsemotion, models, predict
 from affectnet_tf.train import train
 from affectnet_tf.video_train import embedding_model
 from tfds_affectnet import labels
@@ -174,3 +174,13 @@ def test_fine_tune_hsemotion_on_expression(synthetic_faces_tiny, hsemotion_file,
     trained = [w for w in model.weights if w.path == "stem_conv/kernel"]
     assert len(trained) == 1
     np.testing.assert_allclose(np.asarray(trained[0]), expected, atol=0.05)
+
+
+def test_the_registry_asks_for_the_published_file():
+    for name, file in (("emonet", "emonet_8.pth"), ("hsemotion_enet_b2", "enet_b2_")):
+        with pytest.raises(ValueError, match=rf"'{name}' has no ImageNet weights.*{file}"):
+            backbones.build_backbone(name, weights="imagenet")
+    with pytest.raises(ValueError, match=r"'emonet' takes images of at least 64x64"):
+        backbones.build_backbone("emonet", weights=None, image_size=32)
+    with pytest.raises(ValueError, match="an existing weights file"):
+        backbones.build_backbone("hsemotion_enet_b0", weights="missing.onnx", image_size=32)
