@@ -11,9 +11,17 @@ import re
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["RESIZE_METHOD", "decode_image", "resize_image", "load_image_file"]
+__all__ = [
+    "RESIZE_METHOD",
+    "decode_image",
+    "decode_error_reason",
+    "resize_image",
+    "load_image_file",
+]
 
 RESIZE_METHOD = "bilinear_antialias_uint8"
+# TensorFlow's decorations of a kernel's error: the function node and the op name
+_TF_ERROR_DECORATIONS = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$")
 
 
 def decode_image(encoded):
@@ -21,6 +29,12 @@ def decode_image(encoded):
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
+
+
+def decode_error_reason(error):
+    """The first line of a decoding error's message, without TensorFlow's decorations (e.g.
+    ``Unknown image file format. One of JPEG, PNG, GIF, BMP required.``)."""
+    return _TF_ERROR_DECORATIONS.sub("", error.message).strip().splitlines()[0]
 
 
 def resize_image(image, image_size):
@@ -47,8 +61,8 @@ def load_image_file(path, image_size=None):
     try:
         image = decode_image(tf.io.read_file(path))
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-        reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", error.message)
-        raise ValueError(f"Cannot decode image file {path}: {reason.splitlines()[0]}") from None
+        reason = decode_error_reason(error)
+        raise ValueError(f"Cannot decode image file {path}: {reason}") from None
     if image_size is not None:
         image = resize_image(image, image_size)
     return np.asarray(image)

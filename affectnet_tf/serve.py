@@ -111,7 +111,7 @@ except ImportError as _error:  # the `serve` extra
     ) from _error
 
 from affectnet_tf import faces as faces_module
-from affectnet_tf.images import decode_image, resize_image
+from affectnet_tf.images import decode_error_reason, decode_image, resize_image
 from affectnet_tf.models import model_metadata
 from affectnet_tf.predict import (
     Predictor,
@@ -154,7 +154,6 @@ _MODEL_PATH = re.compile(
     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<tail>:[A-Za-z]+|/metadata)?$"
 )
-_TF_ERROR = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$")
 
 logger = logging.getLogger(__name__)
 
@@ -229,10 +228,6 @@ def _unwrap(value, signature, where):
             )
         return value[name]
     return value
-
-
-def _tf_reason(error):
-    return _TF_ERROR.sub("", error.message).strip().splitlines()[0]
 
 
 class ModelServer:
@@ -489,7 +484,9 @@ class ModelServer:
         try:
             image = decode_image(data)
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-            raise RequestError(f"{where}: cannot decode the image: {_tf_reason(error)}") from None
+            raise RequestError(
+                f"{where}: cannot decode the image: {decode_error_reason(error)}"
+            ) from None
         self._check_pixels(int(image.shape[0]), int(image.shape[1]), where)
         return image
 
