@@ -335,7 +335,7 @@ def build_parser():
 
 def load_config(path):
     """The settings dict of a YAML file (``--config`` or a run's ``config.yaml``)."""
-    with open(path) as stream:
+    with open(path, encoding="utf-8") as stream:
         loaded = yaml.safe_load(stream) or {}
     if not isinstance(loaded, dict):
         raise ValueError(f"{path} must hold a mapping of settings. Received: {type(loaded)}")

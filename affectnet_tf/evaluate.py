@@ -31,6 +31,7 @@ import tensorflow_datasets as tfds
 
 from affectnet_tf import agreement, data, metrics, models, reports
 from affectnet_tf.config import DEFAULTS, RunConfig, data_roles, eval_targets, load_config
+from affectnet_tf.files import write_json
 from affectnet_tf.images import decode_image, resize_image
 from affectnet_tf.run_folder import ROLES_KEY
 from tfds_affectnet import labels
@@ -569,8 +570,7 @@ def evaluate_model(
     if agreement_result is not None:
         record["agreement"] = agreement_result
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "metrics.json"), "w") as stream:
-        json.dump(_json_ready(record), stream, indent=2)
+    write_json(os.path.join(output_dir, "metrics.json"), _json_ready(record))
     if report:
         title = f"Evaluation of {metadata.get('backbone', model.name)}"
         if options:

@@ -63,6 +63,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from affectnet_tf.backbones import ModelMetadata
+from affectnet_tf.files import atomic_open, write_atomically, write_json
 from affectnet_tf.images import decode_image, load_image_file, resize_image
 from affectnet_tf.models import model_metadata
 from affectnet_tf.predict import load_run_model
@@ -429,9 +430,8 @@ def export_tflite(model, path, quantization="float32", representative_images=Non
             ) from None
     flatbuffer = _with_tflite_metadata(flatbuffer, info)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(f"{path}.partial", "wb") as stream:
+    with atomic_open(path, "wb") as stream:
         stream.write(flatbuffer)
-    os.replace(f"{path}.partial", path)
     return path
 
 
@@ -540,8 +540,7 @@ def export_onnx(model, path, opset=ONNX_OPSET, input_size=None):
     model_proto.producer_version = __version__
     onnx.checker.check_model(model_proto)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    onnx.save(model_proto, f"{path}.partial")
-    os.replace(f"{path}.partial", path)
+    write_atomically(path, lambda partial: onnx.save(model_proto, partial))
     return path
 
 
@@ -896,8 +895,7 @@ def export_run(
             for comparison in comparisons.values():
                 record["check"]["met"] += check_parity(comparison, fmt, quantization)
         finally:
-            with open(_check_record_path(path, fmt), "w", encoding="utf-8") as stream:
-                json.dump(record, stream, indent=2)
+            write_json(_check_record_path(path, fmt), record)
     return records
 
 

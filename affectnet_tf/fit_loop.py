@@ -1,20 +1,23 @@
 """The ``model.fit`` training loop: phases, the best epoch, backups, and what stops a run.
 
 A run has one phase (``train``) or two (``frozen``: the backbone frozen, then ``fine_tune`` at
-``learning_rate * fine_tune_factor``). Each phase resumes from its own
-``keras.callbacks.BackupAndRestore`` folder and leaves a ``<phase>.done.weights.h5`` marker
-when it ends normally (not when ``TerminateOnNaN`` stopped it: that is an error).
+``learning_rate * fine_tune_factor``). Each phase backs up every epoch into its own folder
+(:mod:`affectnet_tf.backups`: the last two epochs, written atomically and checked on restart)
+and resumes from the newest usable backup; a phase whose newest backup is at its last epoch is
+finished (not when ``TerminateOnNaN`` stopped it: that is an error).
 
 The best epoch by ``--monitor`` on the selection data is kept in ``best.weights.h5`` by
-:class:`BestCheckpoint`, whose best value lives in a file next to the backups, so it survives
-both phases and restarts (a fresh ``ModelCheckpoint`` would start again from ``inf`` and
-overwrite a better epoch).
+:class:`BestCheckpoint`, whose best value (and the weights file's SHA-256) lives in a file next
+to the backups, so it survives both phases and restarts (a fresh ``ModelCheckpoint`` would start
+again from ``inf`` and overwrite a better epoch). Every file is written atomically
+(:mod:`affectnet_tf.files`): a run killed at any moment resumes.
 """
 
 import csv
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -22,6 +25,8 @@ import keras
 import numpy as np
 
 from affectnet_tf import metrics
+from affectnet_tf.backups import DamagedRunError, RunBackup, latest_generation, restore_weights
+from affectnet_tf.files import atomic_open, file_sha256, write_atomically, write_json
 
 __all__ = [
     "Phase",
@@ -31,6 +36,7 @@ __all__ = [
     "reseed_layers",
     "BestCheckpoint",
     "EpochTimer",
+    "HistoryLog",
     "TrainingDivergedError",
     "compile_model",
     "fit_phases",
@@ -72,19 +78,9 @@ def monitor_mode(monitor):
 
 
 def restored_epoch(backup_dir):
-    """The epoch a ``BackupAndRestore`` folder resumes at (0 without a backup)."""
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as stream:
-        return int(json.load(stream)["epoch"])
-
-
-def _write_atomically(path, write):
-    stem, extension = path.split(".", 1) if "." in os.path.basename(path) else (path, "")
-    partial = f"{stem}.partial.{extension}" if extension else f"{path}.partial"
-    write(partial)
-    os.replace(partial, path)
+    """The epoch a phase's backup folder resumes at (0 without a usable backup)."""
+    generation = latest_generation(backup_dir, report=lambda line: None)
+    return 0 if generation is None else generation.epoch
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -103,9 +99,33 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.mode = monitor_mode(monitor)
         self.best, self.best_epoch = None, None
         if os.path.exists(state_path):
-            with open(state_path) as stream:
-                state = json.load(stream)
+            state = self._read_state()
             self.best, self.best_epoch = state["value"], state["epoch"]
+
+    def _read_state(self):
+        recovery = (
+            "The best epoch so far cannot be recovered: start the run again with --overwrite, "
+            f"or delete {self.state_path} and {self.weights_path} to resume choosing the best "
+            "among the epochs still to come only."
+        )
+        try:
+            with open(self.state_path, encoding="utf-8") as stream:
+                state = json.load(stream)
+            value, epoch = state["value"], state["epoch"]
+            float(value), int(epoch)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise DamagedRunError(
+                f"{self.state_path} is damaged ({type(error).__name__}: {error}). {recovery}"
+            ) from error
+        expected = state.get("sha256")
+        if not os.path.isfile(self.weights_path):
+            raise DamagedRunError(f"{self.weights_path} is missing. {recovery}")
+        if expected is not None and file_sha256(self.weights_path) != expected:
+            raise DamagedRunError(
+                f"{self.weights_path} is damaged (it does not match the SHA-256 recorded in "
+                f"{self.state_path}). {recovery}"
+            )
+        return state
 
     def _better(self, value):
         if not np.isfinite(value):
@@ -125,14 +145,14 @@ class BestCheckpoint(keras.callbacks.Callback):
         if not self._better(value):
             return
         self.best, self.best_epoch = value, int(epoch)
-        _write_atomically(self.weights_path, lambda path: self.model.save_weights(path))
-        state = {"monitor": self.monitor, "value": value, "epoch": int(epoch)}
-
-        def write_state(path):
-            with open(path, "w") as stream:
-                json.dump(state, stream)
-
-        _write_atomically(self.state_path, write_state)
+        write_atomically(self.weights_path, lambda path: self.model.save_weights(path))
+        state = {
+            "monitor": self.monitor,
+            "value": value,
+            "epoch": int(epoch),
+            "sha256": file_sha256(self.weights_path),
+        }
+        write_json(self.state_path, state)
 
 
 def _seed_generators(layer, found=None):
@@ -225,18 +245,68 @@ class _FailAtStep(keras.callbacks.Callback):
             os._exit(3)
 
 
+def _history_rows(path):
+    """``(header, rows)`` of ``history.csv``, leaving out rows a crash cut short (and saying
+    so); ``(None, [])`` without a file or with a damaged header."""
+    if not os.path.exists(path):
+        return None, []
+    with open(path, newline="", encoding="utf-8", errors="replace") as stream:
+        rows = list(csv.reader(stream))
+    if not rows or not rows[0] or rows[0][0] != "epoch":
+        if rows:
+            print(f"{path} is damaged (no header): its rows are dropped, new ones follow.")
+        return None, []
+    header, kept, cut = rows[0], [], 0
+    for row in rows[1:]:
+        if len(row) == len(header) and row[0].isdigit():
+            kept.append(row)
+        elif row:
+            cut += 1
+    if cut:
+        print(f"{path}: {cut} damaged row(s) dropped (cut short by an interruption).")
+    return header, kept
+
+
 def truncate_history(path, epoch):
     """Drops the rows of epochs ``>= epoch`` from ``history.csv`` (an epoch redone after a
-    restart is logged once)."""
-    if not os.path.exists(path):
+    restart is logged once), and rows an interruption cut short."""
+    header, rows = _history_rows(path)
+    if header is None:
+        if os.path.exists(path):
+            os.remove(path)
         return
-    with open(path, newline="") as stream:
-        rows = list(csv.reader(stream))
-    if not rows:
-        return
-    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) < epoch]
-    with open(path, "w", newline="") as stream:
-        csv.writer(stream).writerows(kept)
+    kept = [row for row in rows if int(row[0]) < epoch]
+    with atomic_open(path, newline="") as stream:
+        csv.writer(stream).writerows([header, *kept])
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """``history.csv``: one row per epoch (``epoch`` and the epoch's logs, sorted by name, as
+    ``keras.callbacks.CSVLogger`` writes them), the whole file rewritten atomically each epoch
+    so an interruption never leaves half a row."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.append(epoch, logs)
+
+    def append(self, epoch, logs):
+        """Adds (or replaces) the row of ``epoch``."""
+        logs = {key: float(value) for key, value in (logs or {}).items()}
+        header, rows = _history_rows(self.path)
+        names = sorted(logs)
+        if header is not None and header[1:] != names:  # another phase logs other metrics
+            old = [dict(zip(header, row)) for row in rows]
+            names = sorted(set(names) | set(header[1:]))
+            rows = [[row["epoch"], *(row.get(name, "") for name in names)] for row in old]
+        elif header is None:
+            rows = []
+        rows = [row for row in rows if int(row[0]) != epoch]
+        rows.append([str(epoch), *(repr(logs[name]) if name in logs else "" for name in names)])
+        with atomic_open(self.path, newline="") as stream:
+            csv.writer(stream).writerows([["epoch", *names], *rows])
 
 
 def compile_model(model, config, losses, learning_rate, steps):
@@ -283,32 +353,56 @@ def fit_phases(strategy, built, config, losses, train_data, val_ds, steps, run_d
         val_ds: the selection data (validated after each epoch).
         steps: training steps per epoch.
         run_dir: where ``best.weights.h5``, ``history.csv`` and ``logs/`` go.
-        work_dir: backups, the best value and phase markers (deleted when the run ends).
+        work_dir: backups and the best value (deleted when the run ends).
 
     Returns:
         The history of the epochs trained in this call, a dict of lists.
 
     Raises:
-        TrainingDivergedError: the loss became NaN (the phase is not marked done; the run
+        TrainingDivergedError: the loss became NaN (the phase is not finished; the run
             folder keeps its last good backup).
+        DamagedRunError: a file of the interrupted run is damaged and no earlier backup can
+            stand in for it (the message names the file and how to recover).
     """
     model = built.training_model
     history = {}
     history_path = os.path.join(run_dir, "history.csv")
     tensorboard = _tensorboard(run_dir)
-    for phase in phases(config):
-        done = os.path.join(work_dir, f"{phase.name}.done.weights.h5")
-        if os.path.exists(done):  # finished before an interruption
-            model.load_weights(done)
-            continue
+    run_phases = phases(config)
+    # the newest phase with a usable backup: the phases before it are finished
+    resume_at, generation = 0, None
+    for number in reversed(range(len(run_phases))):
+        phase = run_phases[number]
         backup_dir = os.path.join(work_dir, f"backup_{phase.name}")
-        start = max(phase.start, restored_epoch(backup_dir))
-        truncate_history(history_path, start)
+        try:
+            generation = latest_generation(
+                backup_dir,
+                phase.stop,
+                os.path.join(work_dir, f"{phase.name}.done.weights.h5"),  # earlier versions
+            )
+        except DamagedRunError as error:
+            if number == 0:
+                raise
+            # the end of the phase before stands in: this phase starts again from there
+            print(f"{error}\nStarting phase {phase.name} again from the end of the phase before.")
+            shutil.rmtree(backup_dir)
+            continue
+        if generation is not None:
+            resume_at = number
+            break
+    for phase in run_phases[resume_at:]:
+        backup_dir = os.path.join(work_dir, f"backup_{phase.name}")
+        start = max(phase.start, generation.epoch if generation is not None else 0)
         built.backbone.trainable = phase.trainable
         with strategy.scope():
             compile_model(
                 model, config, losses, phase.learning_rate, steps * (phase.stop - phase.start)
             )
+        if start >= phase.stop:  # finished before an interruption: its result goes on
+            restore_weights(model, generation)
+            generation = None
+            continue
+        truncate_history(history_path, start)
         callbacks = [
             EpochTimer(),
             _ReseedLayers(config.seed),
@@ -319,14 +413,15 @@ def fit_phases(strategy, built, config, losses, train_data, val_ds, steps, run_d
                 os.path.join(work_dir, "best.json"),
                 config.monitor,
             ),
-            keras.callbacks.CSVLogger(history_path, append=True),
+            HistoryLog(history_path),
         ]
         if tensorboard is not None:
             callbacks.append(tensorboard)
         if os.environ.get(FAIL_AT_STEP_ENV):
             callbacks.append(_FailAtStep(os.environ[FAIL_AT_STEP_ENV], steps))
-        # last, so that an epoch is only marked done once everything above has recorded it
-        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
+        # last, so that an epoch is only backed up once everything above has recorded it
+        callbacks.append(RunBackup(backup_dir, generation))
+        generation = None
         fitted = model.fit(
             train_data(start, phase.stop),
             validation_data=val_ds,
@@ -339,6 +434,5 @@ def fit_phases(strategy, built, config, losses, train_data, val_ds, steps, run_d
         )
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
-        model.save_weights(done)
     built.backbone.trainable = True
     return history

@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 from matplotlib.ticker import MaxNLocator
 
+from affectnet_tf.files import atomic_open
+
 __all__ = [
     "DPI",
     "DENSITY_THRESHOLD",
@@ -110,16 +112,16 @@ class Report:
         figures = {}
         for name, data in self.figures.items():
             figures[name] = os.path.join(directory, f"{name}.png")
-            with open(figures[name], "wb") as stream:
+            with atomic_open(figures[name], "wb") as stream:
                 stream.write(data)
         paths = {
             "html": os.path.join(directory, "report.html"),
             "markdown": os.path.join(directory, "report.md"),
             "figures": figures,
         }
-        with open(paths["html"], "w", encoding="utf-8") as stream:
+        with atomic_open(paths["html"]) as stream:
             stream.write(self.to_html())
-        with open(paths["markdown"], "w", encoding="utf-8") as stream:
+        with atomic_open(paths["markdown"]) as stream:
             stream.write(self.to_markdown())
         return paths
 

@@ -10,21 +10,37 @@ has finished (``metrics.json`` written). Starting the training command on a fold
   naming the differing settings or the files, unless ``--overwrite`` (which deletes it first).
 
 Settings that say where things are (:data:`affectnet_tf.config.RESUME_NEUTRAL`) may differ.
+
+Every file of the folder is written atomically (:mod:`affectnet_tf.files`); ``config.yaml``
+ends with the SHA-256 of the lines above it, so a damaged copy is told from a run with other
+settings. Partial files left by a killed writer are removed when the run resumes.
 """
 
 import dataclasses
+import hashlib
 import os
+import re
 import shutil
 import tempfile
 
 import numpy as np
 import yaml
 
+from affectnet_tf.backups import DamagedRunError
 from affectnet_tf.config import config_differences, load_config
+from affectnet_tf.files import atomic_open, remove_partial_files
 
-__all__ = ["RunFolder", "prepare_run_folder", "read_run_config", "write_run_config"]
+__all__ = [
+    "RunFolder",
+    "prepare_run_folder",
+    "read_run_config",
+    "check_run_config",
+    "write_run_config",
+]
 
 ROLES_KEY = "data_roles"  # config.yaml's record of the images of each role (not a setting)
+_HEADER = "# affectnet-tf run settings; the last line holds their checksum\n"
+_CHECKSUM = re.compile(r"^# sha256 of the lines above: ([0-9a-f]{64})\n?$")
 
 
 @dataclasses.dataclass
@@ -51,6 +67,31 @@ def read_run_config(path):
     return settings
 
 
+def check_run_config(path):
+    """Raises :class:`affectnet_tf.backups.DamagedRunError` when ``config.yaml`` does not end
+    with the checksum of its lines (cut short or changed) or does not parse. Files written
+    before the checksum existed (no header line) are only parsed."""
+    recovery = (
+        "Restore it from a copy, or start the run again with --overwrite (which deletes the "
+        "folder)."
+    )
+    with open(path, "rb") as stream:
+        lines = stream.read().splitlines(keepends=True)
+    match = _CHECKSUM.match(lines[-1].decode("utf-8", "replace")) if lines else None
+    if match:
+        if hashlib.sha256(b"".join(lines[:-1])).hexdigest() != match.group(1):
+            raise DamagedRunError(
+                f"{path} is damaged: its lines do not match the checksum on its last line. "
+                + recovery
+            )
+    elif not lines or lines[0].decode("utf-8", "replace") == _HEADER:
+        raise DamagedRunError(f"{path} is damaged (cut short: no checksum line). {recovery}")
+    try:
+        read_run_config(path)
+    except Exception as error:  # yaml.YAMLError, a mapping that is not one ...
+        raise DamagedRunError(f"{path} is damaged ({error}). {recovery}") from error
+
+
 def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -64,10 +105,10 @@ def write_run_config(folder, config, roles_record=None):
     record = _plain(config.to_dict())
     if roles_record is not None:
         record[ROLES_KEY] = _plain(roles_record)
-    path = os.path.join(folder, "config.yaml")
-    with open(f"{path}.partial", "w") as stream:
-        yaml.safe_dump(record, stream, sort_keys=False)
-    os.replace(f"{path}.partial", path)
+    text = (_HEADER + yaml.safe_dump(record, sort_keys=False)).encode("utf-8")
+    with atomic_open(os.path.join(folder, "config.yaml"), "wb") as stream:
+        stream.write(text)
+        stream.write(f"# sha256 of the lines above: {hashlib.sha256(text).hexdigest()}\n".encode())
 
 
 def prepare_run_folder(config, chief=True, finished_marker="metrics.json"):
@@ -89,6 +130,7 @@ def prepare_run_folder(config, chief=True, finished_marker="metrics.json"):
     config_path = os.path.join(output_dir, "config.yaml")
     resuming = False
     if os.path.exists(config_path):
+        check_run_config(config_path)
         differences = config_differences(read_run_config(config_path), config)
         if differences:
             listed = "; ".join(
@@ -110,6 +152,7 @@ def prepare_run_folder(config, chief=True, finished_marker="metrics.json"):
                 "pass --overwrite."
             )
         resuming = True
+        remove_partial_files(output_dir)
     elif os.path.isdir(output_dir) and os.listdir(output_dir):
         raise ValueError(
             f"The folder {output_dir} is not empty and holds no run (no config.yaml): "

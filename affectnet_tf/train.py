@@ -46,6 +46,7 @@ from affectnet_tf.config import (
     parse_config,
 )
 from affectnet_tf.distribute import is_chief, make_strategy
+from affectnet_tf.files import write_atomically, write_json
 from affectnet_tf.run_folder import prepare_run_folder, read_run_config, write_run_config
 
 __all__ = [
@@ -318,12 +319,15 @@ def _train(config):
     if os.path.exists(best):
         built.training_model.load_weights(best)
     if folder.chief:
-        built.prediction_model.save(os.path.join(folder.run_dir, "model.keras"))
+        write_atomically(os.path.join(folder.run_dir, "model.keras"), built.prediction_model.save)
         if config.crowd_heads:
-            built.training_model.save(os.path.join(folder.run_dir, "crowd_model.keras"))
-            np.savez(
+            write_atomically(
+                os.path.join(folder.run_dir, "crowd_model.keras"), built.training_model.save
+            )
+            annotators = models.crowd_layer_weights(built.training_model)
+            write_atomically(
                 os.path.join(folder.run_dir, "annotators.npz"),
-                **models.crowd_layer_weights(built.training_model),
+                lambda path: _save_npz(path, annotators),
             )
     test = roles.test
     # the model runs once over the test images; every section of the report comes from that
@@ -372,6 +376,11 @@ def _train(config):
         "data_roles": roles_record,
         "chief": folder.chief,
     }
+
+
+def _save_npz(path, arrays):
+    with open(path, "wb") as stream:  # a file object: np.savez adds no ".npz" to the name
+        np.savez(stream, **arrays)
 
 
 def _print_summary(config, datasets, strategy, resuming):
@@ -438,8 +447,14 @@ def cross_validate(config):
         if os.path.exists(done) and not os.path.isdir(os.path.join(fold_dir, "backup")):
             if read_run_config(os.path.join(fold_dir, "config.yaml"))["fold"] != fold:
                 raise ValueError(f"{fold_dir} holds another fold's run.")
-            with open(done) as stream:
-                results.append({"run_dir": fold_dir, "metrics": json.load(stream)})
+            try:
+                with open(done, encoding="utf-8") as stream:
+                    results.append({"run_dir": fold_dir, "metrics": json.load(stream)})
+            except ValueError as error:
+                raise ValueError(
+                    f"{done} is damaged ({error}): delete the folder {fold_dir} and run the "
+                    "same command again to redo that fold."
+                ) from error
             continue
         results.append(train(fold_config))
     per_fold = [_numbers(result["metrics"]) for result in results]
@@ -453,8 +468,7 @@ def cross_validate(config):
         for key in keys
     }
     record = {"folds": config.folds, "fold_dirs": [r["run_dir"] for r in results], **summary}
-    with open(os.path.join(output_dir, "metrics.json"), "w") as stream:
-        json.dump(record, stream, indent=2)
+    write_json(os.path.join(output_dir, "metrics.json"), record)
     shutil.rmtree(parent.work_dir, ignore_errors=True)
     return {"run_dir": output_dir, "metrics": record, "folds": results}
 

@@ -18,7 +18,6 @@ The run folder gets ``video_metrics.json`` and the fitted ``video_classifier.job
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -30,6 +29,7 @@ from sklearn import svm
 
 import tfds_affectnet
 from affectnet_tf.faces import crops_for_model
+from affectnet_tf.files import write_atomically, write_json
 from affectnet_tf.models import model_metadata
 from affectnet_tf.predict import load_run_model
 
@@ -224,9 +224,10 @@ def train_video_classifier(
     }
     output_dir = os.fspath(output_dir or (model_dir if os.path.isdir(model_dir) else "."))
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "video_metrics.json"), "w") as stream:
-        json.dump(result, stream, indent=2)
-    joblib.dump(fitted, os.path.join(output_dir, "video_classifier.joblib"))
+    write_json(os.path.join(output_dir, "video_metrics.json"), result)
+    write_atomically(
+        os.path.join(output_dir, "video_classifier.joblib"), lambda path: joblib.dump(fitted, path)
+    )
     return result
 
 

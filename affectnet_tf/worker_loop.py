@@ -18,8 +18,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from affectnet_tf.files import write_atomically
 from affectnet_tf.fit_loop import (
     FAIL_AT_STEP_ENV,
+    HistoryLog,
     TrainingDivergedError,
     reseed_layers,
     truncate_history,
@@ -148,17 +150,13 @@ def train_custom_loop(
         history.setdefault("val_loss", []).append(val_loss)
         if val_loss < float(best_var.numpy()):
             best_var.assign(val_loss)
-            model.save_weights(os.path.join(run_dir, "best.weights.h5"))
+            write_atomically(os.path.join(run_dir, "best.weights.h5"), model.save_weights)
         if writer is not None:
             with writer.as_default():
                 tf.summary.scalar("loss", total / steps, step=epoch)
                 tf.summary.scalar("val_loss", val_loss, step=epoch)
             writer.flush()
-        new_file = not os.path.exists(history_path)
-        with open(history_path, "a") as stream:
-            if new_file:
-                stream.write("epoch,loss,val_loss\n")
-            stream.write(f"{epoch},{total / steps},{val_loss}\n")
+        HistoryLog(history_path).append(epoch, {"loss": total / steps, "val_loss": val_loss})
         epoch_var.assign(epoch + 1)
         manager.save()
     return history

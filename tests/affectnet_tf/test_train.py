@@ -16,7 +16,7 @@ import yaml
 
 import affectnet_tf
 import crowd_layers
-from affectnet_tf import data, distribute, fit_loop, run_folder, worker_loop
+from affectnet_tf import backups, data, distribute, files, fit_loop, run_folder, worker_loop
 from affectnet_tf import train as train_module
 from affectnet_tf.config import RunConfig, data_roles
 from affectnet_tf.train import train
@@ -281,17 +281,162 @@ def test_best_epoch_survives_new_callbacks_and_only_improves(tmp_path):
     model.load_weights(weights)
     for expected, actual in zip(saved, model.get_weights()):
         np.testing.assert_array_equal(expected, actual)
-    assert json.loads(Path(state).read_text()) == {"monitor": "val_loss", "value": 0.5, "epoch": 0}
+    record = json.loads(Path(state).read_text())
+    assert record.pop("sha256") == files.file_sha256(weights)
+    assert record == {"monitor": "val_loss", "value": 0.5, "epoch": 0}
     with pytest.raises(ValueError, match="val_f1_macro.*val_loss"):
         fit_loop.BestCheckpoint(weights, state, "val_f1_macro").on_epoch_end(4, {"val_loss": 0.1})
 
 
-def test_a_diverged_run_stops_with_an_error_and_no_phase_marker(tiny_config):
+def test_best_checkpoint_under_folders_with_dots_spaces_and_accents(tmp_path):
+    """Atomic writes take apart the file name only: parents like ``tmp.AbC``, ``a.b c`` or
+    ``ü`` are ordinary (the first epoch used to crash with FileNotFoundError there)."""
+    folder = tmp_path / "tmp.AbC12" / "a.b c" / "ü"
+    folder.mkdir(parents=True)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    best = fit_loop.BestCheckpoint(
+        str(folder / "best.weights.h5"), str(folder / "b.json"), "val_loss"
+    )
+    best.set_model(model)
+    best.on_epoch_end(0, {"val_loss": 0.5})
+    assert sorted(p.name for p in folder.iterdir()) == ["b.json", "best.weights.h5"]
+
+
+def test_an_interrupted_write_leaves_the_old_file(tmp_path):
+    target = tmp_path / "runs.v2" / "metrics.json"
+    target.parent.mkdir()
+    files.write_json(target, {"old": 1})
+
+    def half_then_crash(path):
+        Path(path).write_text('{"new": ')
+        raise KeyboardInterrupt  # a kill that Python sees
+
+    with pytest.raises(KeyboardInterrupt):
+        files.write_atomically(target, half_then_crash)
+    assert json.loads(target.read_text()) == {"old": 1}
+    assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+    # a writer killed for real leaves its partial file, which a resumed run removes
+    stale = target.parent / f"{files.PARTIAL_PREFIX}123-abcd-metrics.json"
+    stale.write_text("{")
+    assert files.remove_partial_files(tmp_path) == [str(stale)]
+
+
+def test_backups_fall_back_to_the_generation_before_a_damaged_one(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    folder = tmp_path / "backup_train"
+    for epoch in (1, 2, 3):
+        model.set_weights([np.full_like(w, epoch) for w in model.get_weights()])
+        backups.save_generation(model, str(folder), epoch)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "epoch_2.json",
+        "epoch_2.weights.h5",
+        "epoch_3.json",
+        "epoch_3.weights.h5",
+    ]
+    assert fit_loop.restored_epoch(folder) == 3
+    weights = folder / "epoch_3.weights.h5"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    lines = []
+    generation = backups.latest_generation(str(folder), report=lines.append)
+    assert generation.epoch == 2 and "epoch_3.weights.h5" in lines[0]
+    backups.restore_weights(model, generation)
+    assert all(np.all(w == 2) for w in model.get_weights())
+    (folder / "epoch_2.json").write_text('{"epoch": 2, "weig')
+    with pytest.raises(backups.DamagedRunError, match="epoch_2.json is damaged.*--overwrite"):
+        backups.latest_generation(str(folder))
+
+
+# the files of the interrupted run below -> what resuming with one of them cut in half gives:
+# None (resumes, falling back where needed, to the weights of an uninterrupted run) or the
+# message of the error that names the file
+_DAMAGE = {
+    "config.yaml": "config.yaml is damaged",
+    "history.csv": None,
+    "best.weights.h5": "best.weights.h5 is damaged.*--overwrite",
+    "backup/best.json": "best.json is damaged.*--overwrite",
+    "backup/backup_frozen/epoch_1.json": None,
+    "backup/backup_frozen/epoch_1.weights.h5": None,
+    "backup/backup_fine_tune/epoch_2.json": None,
+    "backup/backup_fine_tune/epoch_2.weights.h5": None,
+    "backup/backup_fine_tune/epoch_3.json": None,
+    "backup/backup_fine_tune/epoch_3.weights.h5": None,
+    "logs": None,  # TensorBoard's event files: written by TensorFlow, never read back
+}
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(train_data_dir, tmp_path_factory):
+    """``(config, folder)`` of a run killed in epoch 4 of 4 (frozen phase done, fine-tuning
+    backed up after epochs 2 and 3), and the weights of the same run uninterrupted."""
+    root = tmp_path_factory.mktemp("interrupted")
+    config = {
+        "dataset": "affectnet_c25/set1",
+        "data_dir": str(train_data_dir),
+        "stored_image_size": 32,
+        "selection_fraction": 0.25,
+        "test_fraction": 0.25,
+        "model": "compact_cnn",
+        "weights": None,
+        "image_size": 32,
+        "epochs": 4,
+        "freeze_epochs": 1,
+        "batch_size": 4,
+        "steps_per_epoch": 2,
+        "seed": 4,
+        "strategy": "default",
+        "report": False,
+    }
+    whole = train({**config, "output_dir": str(root / "whole")})
+    killed = {**config, "output_dir": str(root / "killed")}
+    result = _cli(_flags(killed), env={fit_loop.FAIL_AT_STEP_ENV: "7"})
+    assert result.returncode == 3, result.stderr[-3000:]
+    return killed, Path(killed["output_dir"]), Path(whole["run_dir"])
+
+
+def test_the_interrupted_run_holds_the_files_the_damage_test_covers(interrupted_run):
+    _, folder, _ = interrupted_run
+    found = {
+        "logs" if path.relative_to(folder).parts[0] == "logs" else str(path.relative_to(folder))
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
+    assert found == set(_DAMAGE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damaged", sorted(_DAMAGE))
+def test_resume_with_each_file_cut_in_half(interrupted_run, tmp_path, damaged, capsys):
+    """Each file of an interrupted run truncated in turn: the run resumes from the newest good
+    backup to the weights of an uninterrupted run, or stops naming the damaged file and the
+    way out; never an h5py or JSON traceback."""
+    import shutil
+
+    config, folder, whole = interrupted_run
+    copy = tmp_path / "run.v1 ü"
+    shutil.copytree(folder, copy)
+    targets = [p for p in (copy / damaged).rglob("*") if p.is_file()] or [copy / damaged]
+    for path in targets:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    config = {**config, "output_dir": str(copy)}
+    expected = _DAMAGE[damaged]
+    if expected is not None:
+        with pytest.raises(backups.DamagedRunError, match=expected):
+            train(config)
+        return
+    result = train(config)
+    assert "resuming" in capsys.readouterr().out
+    _assert_same_weights(whole / "model.keras", Path(result["run_dir"]) / "model.keras")
+    assert not (copy / "backup").exists()
+
+
+def test_a_diverged_run_stops_with_an_error_and_no_backup_of_its_epoch(tiny_config):
     config = tiny_config(learning_rate=1e30, epochs=2, schedule="constant", steps_per_epoch=2)
     with pytest.raises(fit_loop.TrainingDivergedError, match="became nan"):
         train(config)
     run = Path(config["output_dir"])
-    assert not (run / "backup" / "train.done.weights.h5").exists()
+    assert (run / "backup").is_dir()  # the phase is not finished: nothing to resume past
+    assert fit_loop.restored_epoch(run / "backup" / "backup_train") == 0
     assert not (run / "model.keras").exists()
 
 
