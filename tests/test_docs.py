@@ -292,3 +292,81 @@ def test_docstring_roles_become_optional_links():
 def test_command_check_catches_mistakes(command, message, capsys):
     with pytest.raises((AssertionError, ValueError), match=message):
         check_command(shlex.split(command))
+
+
+def _requirement_name(requirement):
+    return re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _closure(names):
+    """The distributions ``names`` need, transitively (extras' requirements left out)."""
+    import importlib.metadata as metadata
+
+    seen, todo = set(), [n.lower().replace("_", "-") for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [_requirement_name(r) for r in requires if "extra ==" not in r]
+    return seen
+
+
+def _modules_only_in_other_extras():
+    """Top-level modules of the distributions that only extras other than ``docs`` install."""
+    import importlib.metadata as metadata
+
+    requires = metadata.requires("affectnet-tf")
+    core = [_requirement_name(r) for r in requires if "extra ==" not in r]
+    docs = [_requirement_name(r) for r in requires if 'extra == "docs"' in r]
+    others = {_requirement_name(r) for r in requires if "extra ==" in r} - set(docs)
+    kept = _closure(core + docs)
+    blocked = {name for name in others if name not in kept}
+    modules = []
+    for module, distributions in metadata.packages_distributions().items():
+        names = {d.lower().replace("_", "-") for d in distributions}
+        if names & blocked and not names & kept:
+            modules.append(module)
+    return sorted(modules)
+
+
+@pytest.mark.slow
+def test_the_docs_build_with_only_the_docs_extra(tmp_path):
+    """`make docs` where only the docs extra is installed: the modules of every other extra
+    (aiohttp, onnx, tf2onnx, apache_beam, selenium, ...) fail to import, as on such a machine."""
+    modules = _modules_only_in_other_extras()
+    assert {"aiohttp", "onnx", "tf2onnx", "apache_beam", "selenium"} <= set(modules)
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        f"BLOCKED = {modules!r}\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r} (docs extra only)')\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    environment = {
+        **__import__("os").environ,
+        "PYTHONPATH": str(blocker),
+        "NO_MKDOCS_2_WARNING": "1",
+    }
+    check = subprocess.run(
+        [sys.executable, "-c", "import aiohttp"], capture_output=True, text=True, env=environment
+    )
+    assert "docs extra only" in check.stderr  # the blocker works
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "site" / "serving" / "index.html").exists()

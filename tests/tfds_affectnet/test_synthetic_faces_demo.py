@@ -21,7 +21,9 @@ def demo():
 
 
 def test_quick_demo_runs_every_target_and_writes_the_summary(tmp_path):
-    """The real command line, in a fresh process, as `make demo` runs it."""
+    """The real command line, in a fresh process, as `make demo` runs it, into a folder whose
+    parents hold dots, spaces and non-ASCII letters (as ``mktemp -d`` and users name them)."""
+    tmp_path = tmp_path / "tmp.x y" / "dèmo.out"
     result = subprocess.run(
         [sys.executable, str(DEMO), "--quick", "--output-dir", str(tmp_path)],
         capture_output=True,
