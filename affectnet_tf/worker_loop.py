@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from affectnet_tf.backups import KEEP, DamagedRunError
 from affectnet_tf.files import write_atomically
 from affectnet_tf.fit_loop import (
     FAIL_AT_STEP_ENV,
@@ -27,7 +28,7 @@ from affectnet_tf.fit_loop import (
     truncate_history,
 )
 
-__all__ = ["check_config", "train_custom_loop"]
+__all__ = ["check_config", "restore_checkpoint", "train_custom_loop"]
 
 
 def check_config(config):
@@ -47,6 +48,40 @@ def check_config(config):
             + "; ".join(unsupported)
             + ". Leave these settings at their defaults for multi-worker training."
         )
+
+
+def restore_checkpoint(checkpoint, folder, report=print):
+    """Restores the newest checkpoint of ``folder`` that loads, saying which damaged ones it
+    passed over; None when there is none, else its path.
+
+    Raises:
+        DamagedRunError: checkpoints exist but none loads.
+    """
+    try:
+        state = tf.train.get_checkpoint_state(folder)
+        paths = list(state.all_model_checkpoint_paths) if state else []
+    except (tf.errors.OpError, ValueError) as error:  # the state file itself is damaged
+        report(f"{os.path.join(folder, 'checkpoint')} is damaged ({error}); looking for files.")
+        paths = []
+    if not paths:
+        indexes = tf.io.gfile.glob(os.path.join(folder, "ckpt-*.index"))
+        paths = sorted((p[: -len(".index")] for p in indexes), key=lambda p: int(p.split("-")[-1]))
+    paths = [p if os.path.isabs(p) else os.path.join(folder, p) for p in paths]
+    problems = []
+    for path in reversed(paths):
+        try:
+            checkpoint.restore(path)
+        except Exception as error:  # OpError, IndexError ("Read less bytes"), ValueError ...
+            problems.append(f"{path}: {type(error).__name__}: {str(error).splitlines()[0]}")
+            report(f"Checkpoint {path} is damaged ({problems[-1]}); trying the one before.")
+            continue
+        return path
+    if problems:
+        raise DamagedRunError(
+            f"Every checkpoint in {folder} is damaged ({'; '.join(problems)}). The run cannot "
+            "resume: start it again with --overwrite."
+        )
+    return None
 
 
 def _selection_loss(model, losses, heads, val_ds):
@@ -90,10 +125,8 @@ def train_custom_loop(
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=optimizer, epoch=epoch_var, best_val_loss=best_var
     )
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(work_dir, "ckpt"), 1)
-    latest = tf.train.latest_checkpoint(os.path.join(restore_dir, "ckpt"))
-    if latest:
-        checkpoint.restore(latest)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(work_dir, "ckpt"), KEEP)
+    restore_checkpoint(checkpoint, os.path.join(restore_dir, "ckpt"))
     start = int(epoch_var.numpy())
     iterator = iter(strategy.experimental_distribute_dataset(train_data(start, epochs)))
 

@@ -754,3 +754,25 @@ def test_k_fold_cross_validation_reports_mean_and_spread(tiny_config):
     assert tests[0]["file_names_sha256"] != tests[1]["file_names_sha256"]
     with pytest.raises(ValueError, match="finished run"):
         train(config)
+
+
+def test_multi_worker_checkpoints_fall_back_past_a_damaged_one(tmp_path):
+    import tensorflow as tf
+
+    value = tf.Variable(0.0)
+    checkpoint = tf.train.Checkpoint(value=value)
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path / "run.v1" / "ckpt"), 2)
+    for number in (1.0, 2.0, 3.0):
+        value.assign(number)
+        manager.save()
+    folder = tmp_path / "run.v1" / "ckpt"
+    newest = sorted(folder.glob("ckpt-3.data-*"))[0]
+    newest.write_bytes(newest.read_bytes()[:2])
+    lines = []
+    restored = worker_loop.restore_checkpoint(checkpoint, str(folder), report=lines.append)
+    assert restored.endswith("ckpt-2") and float(value.numpy()) == 2.0
+    assert "ckpt-3" in lines[0]
+    older = sorted(folder.glob("ckpt-2.data-*"))[0]
+    older.write_bytes(b"")
+    with pytest.raises(backups.DamagedRunError, match="Every checkpoint.*--overwrite"):
+        worker_loop.restore_checkpoint(checkpoint, str(folder), report=lines.append)
