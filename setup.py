@@ -21,6 +21,9 @@ INSTALL_REQUIRES = [
     "scipy>=1.10",  # sparse matrices in crowd_layers.aggregation.DawidSkene
     # Headless OpenCV: servers and CI have no GUI libraries (libGL, GTK).
     "opencv-python-headless>=4.8",
+    # libjpeg-turbo with its warnings as errors: the dataset builders refuse JPEGs corrupt
+    # mid-stream, which OpenCV, TensorFlow and Pillow decode with only a warning on stderr.
+    "simplejpeg>=1.9",
     "matplotlib>=3.7",
     "mtcnn>=1.0",
     "krippendorff>=0.6",

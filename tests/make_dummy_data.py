@@ -18,9 +18,15 @@ layouts are those the builders read:
   7 neutral), values -1..1 in 0.25 steps, and a few cleaned cases (an empty answer, the code 9,
   a valence of -2). Set 1 uses training rows 0-5, set 2 rows 6-11 (``index`` = row number).
 
+With ``damaged=True`` (``--damaged``) the train splits of both releases also hold what a decoder
+that only warns lets through: a JPEG corrupted mid-stream whose end marker is intact
+(`corrupt_jpeg_mid_stream`), and (full release) face boxes that exceed the image, lie outside it
+or have no width (`FULL_TRAIN_DAMAGED`, `EIGHT_TRAIN_DAMAGED`). The default outputs are unchanged.
+
 Usage::
 
     python tests/make_dummy_data.py OUTPUT_DIR [--layout full|eight_label|c25|all] [--seed 0]
+        [--damaged]
 """
 
 import argparse
@@ -37,9 +43,13 @@ __all__ = [
     "FULL_VALIDATION",
     "EIGHT_TRAIN",
     "EIGHT_VALIDATION",
+    "FULL_TRAIN_DAMAGED",
+    "EIGHT_TRAIN_DAMAGED",
     "C25_SETS",
     "RowSpec",
     "expected_counts",
+    "corrupt_jpeg_mid_stream",
+    "exceeding_box",
     "make_face_image",
     "make_full_release",
     "make_eight_label_release",
@@ -67,8 +77,11 @@ NUM_PARTICIPANTS = 25
 class RowSpec:
     """One dummy row: its labels and what is special about its file.
 
-    ``file`` is "ok", "png_as_jpg" (PNG bytes under a .jpg name), "corrupt" (a truncated JPEG)
-    or "missing" (listed in the CSV, no file written).
+    ``file`` is "ok", "png_as_jpg" (PNG bytes under a .jpg name), "corrupt" (a truncated JPEG),
+    "corrupt_midstream" (a JPEG with 64 bytes of its entropy-coded data overwritten and its end
+    marker intact: OpenCV decodes it with only a warning) or "missing" (listed in the CSV, no
+    file written). ``box`` (full release) is "inside", "exceeds" (the box of `exceeding_box`:
+    past the left and bottom borders), "outside" (right of the image) or "empty" (width 0).
     """
 
     expression: int
@@ -76,6 +89,7 @@ class RowSpec:
     arousal: float = -0.25
     extension: str = ".jpg"
     file: str = "ok"
+    box: str = "inside"
 
 
 # Full release, train: all eleven codes, a -2 valence, a truncated JPEG, every extension.
@@ -122,6 +136,24 @@ EIGHT_VALIDATION = (
     RowSpec(6, -0.6, 0.5),
     RowSpec(7, -0.1, 0.3),
 )
+# The same splits with what only a strict decoder and a box check catch (the default data keep
+# none of it): full train row 0's box exceeds the image (clipped, kept), row 2 is a JPEG corrupt
+# mid-stream, row 4's box has no width, row 6's lies outside the image; 8-label train row 2 is
+# corrupt mid-stream.
+FULL_TRAIN_DAMAGED = (
+    dataclasses.replace(FULL_TRAIN[0], box="exceeds"),
+    FULL_TRAIN[1],
+    dataclasses.replace(FULL_TRAIN[2], file="corrupt_midstream"),
+    FULL_TRAIN[3],
+    dataclasses.replace(FULL_TRAIN[4], box="empty"),
+    FULL_TRAIN[5],
+    dataclasses.replace(FULL_TRAIN[6], box="outside"),
+) + FULL_TRAIN[7:]
+EIGHT_TRAIN_DAMAGED = (
+    EIGHT_TRAIN[:2]
+    + (dataclasses.replace(EIGHT_TRAIN[2], file="corrupt_midstream"),)
+    + EIGHT_TRAIN[3:]
+)
 # AffectNetC25: the training rows each set annotates.
 C25_SETS = {"set1": tuple(range(0, 6)), "set2": tuple(range(6, 12))}
 
@@ -130,7 +162,9 @@ def expected_counts(specs, label_set):
     """Examples a builder should write from these rows for "emotions8" or "all11"."""
     count = 0
     for spec in specs:
-        if spec.file in ("corrupt", "missing"):
+        if spec.file in ("corrupt", "corrupt_midstream", "missing"):
+            continue
+        if spec.box in ("outside", "empty"):
             continue
         if label_set == "emotions8" and (
             spec.expression >= 8 or spec.valence == -2 or spec.arousal == -2
@@ -138,6 +172,67 @@ def expected_counts(specs, label_set):
             continue
         count += 1
     return count
+
+
+def corrupt_jpeg_mid_stream(data, kind="random", position=0.5, size=64, seed=0):
+    """Damages a JPEG inside its entropy-coded data and keeps its end-of-image marker.
+
+    Args:
+        data: JPEG bytes ending with the FFD9 marker (as ``cv2.imencode`` writes them).
+        kind: "random" (``size`` seeded random bytes, none 0xFF), "zero" (``size`` zero bytes),
+            "flip" (``size`` bytes XOR 0x5A, a result of 0xFF becomes 0xFE) or "truncate" (the
+            data cut at ``position`` and FFD9 appended).
+        position: where in the entropy-coded data (0..1, from the first scan's start to the
+            end marker) the damage starts.
+        size: how many bytes are overwritten (not for "truncate").
+        seed: the random bytes' seed.
+
+    Returns:
+        The damaged bytes: the same length (except "truncate"), the same headers, FFD9 last.
+    """
+    data = bytes(data)
+    if not data.endswith(b"\xff\xd9"):
+        raise ValueError("`data` must be a JPEG that ends with its FFD9 marker.")
+    sos = data.find(b"\xff\xda")
+    if sos < 0:
+        raise ValueError("`data` has no start-of-scan marker (FFDA).")
+    start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    end = len(data) - 2
+    offset = start + int((end - start) * position)
+    if kind == "truncate":
+        return data[:offset] + b"\xff\xd9"
+    size = min(size, end - offset)
+    if kind == "random":
+        block = np.random.default_rng(seed).integers(0, 255, size, dtype=np.uint8).tobytes()
+    elif kind == "zero":
+        block = bytes(size)
+    elif kind == "flip":
+        block = bytes(0xFE if b ^ 0x5A == 0xFF else b ^ 0x5A for b in data[offset : offset + size])
+    else:
+        raise ValueError(
+            f"`kind` must be 'random', 'zero', 'flip' or 'truncate'. Received: kind={kind!r}"
+        )
+    return data[:offset] + block + data[offset + size :]
+
+
+def exceeding_box(box, height, width):
+    """The box moved so that it starts left of the image and ends below it (same size)."""
+    _, _, w, h = box
+    return (-(w // 2), height - h // 2, w, h)
+
+
+def _placed_box(spec, box, height, width):
+    """The box a spec asks for (the CSV's face box; the face is drawn there)."""
+    x, y, w, h = box
+    if spec.box == "inside":
+        return box
+    if spec.box == "exceeds":
+        return exceeding_box(box, height, width)
+    if spec.box == "outside":
+        return (width + 5, y, w, h)
+    if spec.box == "empty":
+        return (x, y, 0, h)
+    raise ValueError(f"Unknown box kind {spec.box!r}.")
 
 
 def _hex_name(rng, extension):
@@ -180,6 +275,8 @@ def _write_image(path, image, spec):
     if spec.file == "corrupt":
         data = _encoded(image, ".jpg")
         data = data[: len(data) // 2]
+    if spec.file == "corrupt_midstream":
+        data = corrupt_jpeg_mid_stream(_encoded(image, ".jpg"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
 
@@ -192,7 +289,8 @@ def _full_rows(folder, specs, rng, subdirs):
         h = int(rng.integers(height // 3, height // 2 + 1))
         x = int(rng.integers(0, width - w))
         y = int(rng.integers(0, height - h))
-        box = (x, y, w, h)
+        box = _placed_box(spec, (x, y, w, h), height, width)
+        x, y, w, h = box
         subdir = str(subdirs[i % len(subdirs)])
         name = _hex_name(rng, spec.extension)
         _write_image(folder / subdir / name, make_face_image(rng, height, width, box), spec)
@@ -344,14 +442,19 @@ def make_full_release_for_names(root, names, seed=3, size=24):
     return frame
 
 
-def make_all(root, seed=0, layouts=("full", "eight_label", "c25")):
-    """Writes the requested layouts into ``root`` (C25 CSVs go to ``root/AffectNetC25``)."""
+def make_all(root, seed=0, layouts=("full", "eight_label", "c25"), damaged=False):
+    """Writes the requested layouts into ``root`` (C25 CSVs go to ``root/AffectNetC25``).
+
+    ``damaged=True`` writes the train splits `FULL_TRAIN_DAMAGED` and `EIGHT_TRAIN_DAMAGED`.
+    """
     root = Path(root)
     result = {}
+    full_train = FULL_TRAIN_DAMAGED if damaged else FULL_TRAIN
+    eight_train = EIGHT_TRAIN_DAMAGED if damaged else EIGHT_TRAIN
     if "full" in layouts or "c25" in layouts:
-        result["full"] = make_full_release(root, seed)
+        result["full"] = make_full_release(root, seed, train=full_train)
     if "eight_label" in layouts:
-        result["eight_label"] = make_eight_label_release(root, seed + 1)
+        result["eight_label"] = make_eight_label_release(root, seed + 1, train=eight_train)
     if "c25" in layouts:
         result["c25"] = make_c25_csvs(root / "AffectNetC25", result["full"]["train"], seed + 2)
     return result
@@ -367,9 +470,14 @@ def main(argv=None):
         help="what to write; c25 also writes the full release it joins to (default: all)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--damaged",
+        action="store_true",
+        help="train splits with a JPEG corrupt mid-stream and bad face boxes (default: off)",
+    )
     args = parser.parse_args(argv)
     layouts = ("full", "eight_label", "c25") if args.layout == "all" else (args.layout,)
-    make_all(args.output_dir, args.seed, layouts)
+    make_all(args.output_dir, args.seed, layouts, damaged=args.damaged)
     print(f"wrote {', '.join(layouts)} dummy data into {args.output_dir}")
     return 0
 

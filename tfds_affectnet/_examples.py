@@ -34,10 +34,14 @@ VA_TOLERANCE = 1e-3
 
 MISSING_IMAGE = "missing image"
 CORRUPT_IMAGE = "corrupt or truncated image"
+CORRUPT_JPEG_DATA = "corrupt JPEG data mid-stream"
 BAD_ANNOTATION = "bad annotation"
 MISSING_ANNOTATION = "missing annotation file"
 BAD_FACE_BOX = "face box empty or outside the image"
+# Notes of kept examples (counted and listed in notes_<split>.tsv).
 LANDMARKS_NAN = "landmarks unreadable, stored as NaN"
+BOX_CLIPPED = "face box clipped to the image"
+JPEG_NOT_CHECKED = _images.JPEG_NOT_CHECKED
 
 
 def crowd_features(image_size, num_annotators, encoding_format="jpeg"):
@@ -114,28 +118,51 @@ def _nan_landmarks():
     return np.full((_sources.NUM_LANDMARKS, 2), np.nan, np.float32)
 
 
-def _decode(name, path):
-    """(image, None) or (None, skipped Outcome)."""
+def _decode(name, path, notes):
+    """(image, None) or (None, skipped Outcome); the decode's note goes into ``notes``.
+
+    The whole image is decoded once, strictly (`_images.decode_image_checked`): a JPEG corrupt
+    mid-stream is skipped as `CORRUPT_JPEG_DATA`, other undecodable files as `CORRUPT_IMAGE`.
+    """
     try:
         data = read_bytes(path)
     except tf.errors.NotFoundError as error:
         return None, _generation.skipped(name, MISSING_IMAGE, error.message)
     try:
-        return _images.decode_image(data), None
+        decoded = _images.decode_image_checked(data)
+    except _images.CorruptJpegDataError as error:
+        return None, _generation.skipped(name, CORRUPT_JPEG_DATA, str(error))
     except _images.CorruptImageError as error:
         return None, _generation.skipped(name, CORRUPT_IMAGE, str(error))
+    if decoded.note:
+        notes.append(_generation.Note(decoded.note, decoded.detail))
+    return decoded.image, None
 
 
-def _full_release_face(name, row, images_dir, crop_margin, image_size, landmarks):
-    """Face crop of a full-release row: (jpeg, landmarks, None) or (None, None, skipped)."""
-    image, failure = _decode(name, f"{images_dir}/{row['file_name']}")
+def _box_text(box):
+    return "(" + ", ".join(f"{float(value):g}" for value in box) + ")"
+
+
+def _full_release_face(name, row, images_dir, crop_margin, image_size, landmarks, notes):
+    """Face crop of a full-release row: (jpeg, landmarks, None) or (None, None, skipped).
+
+    The box is bounded by the image: a clipped box adds a `BOX_CLIPPED` note to ``notes`` (with
+    the box before and after); a box without area or overlap with the image is skipped as
+    `BAD_FACE_BOX`.
+    """
+    image, failure = _decode(name, f"{images_dir}/{row['file_name']}", notes)
     if failure is not None:
         return None, None, failure
+    height, width = image.shape[:2]
     try:
         box = _parse_box(row)
-        face, landmarks = _images.crop_face(image, box, crop_margin, image_size, landmarks)
+        clipped, was_clipped = _images.clip_box(box, width, height)
+        face, landmarks = _images.crop_face(image, clipped, crop_margin, image_size, landmarks)
     except ValueError as error:
         return None, None, _generation.skipped(name, BAD_FACE_BOX, str(error))
+    if was_clipped:
+        detail = f"{_box_text(box)} clipped to {_box_text(clipped)} in the {width}x{height} image"
+        notes.append(_generation.Note(BOX_CLIPPED, detail))
     return _images.encode_jpeg(face), landmarks, None
 
 
@@ -177,7 +204,7 @@ class AffectNetRowProcessor:
             return None, _generation.excluded(name, reason)
         return (code, valence, arousal), None
 
-    def _example(self, name, jpeg, label_values, landmarks, note):
+    def _example(self, name, jpeg, label_values, landmarks, notes):
         code, valence, arousal = label_values
         return _generation.example(
             name,
@@ -189,7 +216,7 @@ class AffectNetRowProcessor:
                 "landmarks": landmarks,
                 "file_name": name,
             },
-            note,
+            notes,
         )
 
     def _full(self, row):
@@ -203,19 +230,20 @@ class AffectNetRowProcessor:
             _parse_box(row)
         except ValueError as error:
             return _generation.skipped(name, BAD_ANNOTATION, f"face box: {error}")
-        note = ""
+        notes = []
         try:
             landmarks = _sources.parse_landmarks(row["facial_landmarks"])
         except ValueError:
-            landmarks, note = None, LANDMARKS_NAN
+            landmarks = None
+            notes.append(_generation.Note(LANDMARKS_NAN))
         jpeg, landmarks, outcome = _full_release_face(
-            name, row, self.images_dir, self.crop_margin, self.image_size, landmarks
+            name, row, self.images_dir, self.crop_margin, self.image_size, landmarks, notes
         )
         if outcome is not None:
             return outcome
         if landmarks is None:
             landmarks = _nan_landmarks()
-        return self._example(name, jpeg, label_values, landmarks, note)
+        return self._example(name, jpeg, label_values, landmarks, notes)
 
     def _eight_label(self, row):
         name = row["file_name"]
@@ -229,18 +257,19 @@ class AffectNetRowProcessor:
         label_values, outcome = self._labels(name, *values)
         if outcome is not None:
             return outcome
-        note = ""
+        notes = []
         try:
             landmarks = _sources.parse_landmarks(_sources.load_npy(paths["lnd"]))
         except (tf.errors.NotFoundError, ValueError):
-            landmarks, note = None, LANDMARKS_NAN
-        image, outcome = _decode(name, f"{self.images_dir}/{name}")
+            landmarks = None
+            notes.append(_generation.Note(LANDMARKS_NAN))
+        image, outcome = _decode(name, f"{self.images_dir}/{name}", notes)
         if outcome is not None:
             return outcome
         face, landmarks = _images.resize_face(image, self.image_size, landmarks)
         if landmarks is None:
             landmarks = _nan_landmarks()
-        return self._example(name, _images.encode_jpeg(face), label_values, landmarks, note)
+        return self._example(name, _images.encode_jpeg(face), label_values, landmarks, notes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,8 +296,9 @@ class C25RowProcessor:
             _parse_box(training)
         except ValueError as error:
             return _generation.skipped(name, f"{BAD_ANNOTATION} in training.csv", str(error))
+        notes = []
         jpeg, _, outcome = _full_release_face(
-            name, training, self.images_dir, self.crop_margin, self.image_size, None
+            name, training, self.images_dir, self.crop_margin, self.image_size, None, notes
         )
         if outcome is not None:
             return outcome
@@ -285,4 +315,5 @@ class C25RowProcessor:
                 "affectnet_valence": np.float32(valence),
                 "affectnet_arousal": np.float32(arousal),
             },
+            notes,
         )

@@ -4,12 +4,17 @@ Every row of a release becomes one `Outcome`: an example, an exclusion (a row th
 label of the chosen config, e.g. expression 8-10 in ``emotions8``) or a skip (a bad file: corrupt,
 truncated or missing image, unreadable annotation). The same row function serves both paths:
 
+An example may carry notes (`Note`: e.g. its face box was clipped to the image, its landmarks
+were unreadable): it is kept, and each note is counted and listed with the file's name.
+
 * plain: `generate` loops over the rows, yields the examples one at a time, and at the end of the
-  split writes ``skipped_<split>.tsv`` (one line per skipped file) and ``report_<split>.json``
-  (counts per reason) next to the generated dataset and prints / logs the counts.
+  split writes ``skipped_<split>.tsv`` (one line per skipped file: name, reason, detail),
+  ``notes_<split>.tsv`` (one line per note of a kept example: name, note, detail) and
+  ``report_<split>.json`` (counts per reason and per note) next to the generated dataset and
+  prints / logs the counts and the first names.
 * Beam: `beam_generate` returns ``beam.Create(work items) | beam.FlatMap(rows) | beam.ParDo``; the
-  skipped files go to the same ``skipped_<split>.tsv`` through ``beam.io.WriteToText`` and the
-  counts to Beam counters, printed by `GenerationMixin._process_pipeline_result`.
+  skipped files and the notes go to the same two TSV files through ``beam.io.WriteToText`` and
+  the counts to Beam counters, printed by `GenerationMixin._process_pipeline_result`.
 """
 
 import collections
@@ -28,6 +33,7 @@ __all__ = [
     "EXAMPLE",
     "EXCLUDED",
     "SKIPPED",
+    "Note",
     "Outcome",
     "example",
     "excluded",
@@ -44,7 +50,10 @@ __all__ = [
 EXAMPLE = "example"
 EXCLUDED = "excluded"
 SKIPPED = "skipped"
+NOTED = "noted"
 SKIP_LOG_HEADER = "file_name\treason\tdetail"
+NOTES_LOG_HEADER = "file_name\tnote\tdetail"
+_NAMES_SHOWN = 10
 BEAM_NAMESPACE = "tfds_affectnet"
 # Unexpected errors (not a known bad-file case) are skipped too, but a systematic failure stops
 # the build: after this many, when they are more than this fraction of the rows seen.
@@ -52,10 +61,18 @@ MAX_UNEXPECTED_ERRORS = 100
 MAX_UNEXPECTED_FRACTION = 0.1
 
 
+class Note(NamedTuple):
+    """Something to know about a kept example: ``reason`` is counted, ``detail`` is logged."""
+
+    reason: str
+    detail: str = ""
+
+
 class Outcome(NamedTuple):
     """What became of one row: kind is EXAMPLE, EXCLUDED or SKIPPED.
 
-    For an example, ``reason`` is an optional note (e.g. landmarks unreadable, stored as NaN).
+    For an example, ``notes`` are its `Note` s (e.g. face box clipped to the image, landmarks
+    unreadable and stored as NaN) and ``reason`` their reasons joined by "; ".
     """
 
     kind: str
@@ -64,10 +81,23 @@ class Outcome(NamedTuple):
     example: dict[str, Any] | None = None
     reason: str = ""
     detail: str = ""
+    notes: tuple[Note, ...] = ()
+
+
+def _as_notes(note):
+    """ "" / a reason / a `Note` / a sequence of reasons and `Note` s -> a tuple of `Note` s."""
+    if not note:
+        return ()
+    if isinstance(note, (str, Note)):
+        note = (note,)
+    notes = tuple(n if isinstance(n, Note) else Note(str(n)) for n in note if n)
+    return tuple(Note(n.reason, _one_line(n.detail)) for n in notes)
 
 
 def example(key, features, note=""):
-    return Outcome(EXAMPLE, key, key, features, note)
+    """An example outcome; ``note``: "", a reason, a `Note` or a sequence of them."""
+    notes = _as_notes(note)
+    return Outcome(EXAMPLE, key, key, features, "; ".join(n.reason for n in notes), notes=notes)
 
 
 def excluded(name, reason):
@@ -84,6 +114,21 @@ def _one_line(text):
 
 def skip_log_line(outcome):
     return "\t".join(_one_line(part) for part in (outcome.name, outcome.reason, outcome.detail))
+
+
+def _note_line(name, note):
+    return "\t".join(_one_line(part) for part in (name, note.reason, note.detail))
+
+
+def note_log_lines(outcome):
+    """The ``notes_<split>.tsv`` lines of an example, one per note."""
+    return [_note_line(outcome.name, note) for note in outcome.notes]
+
+
+def _names_text(names):
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    more = len(names) - _NAMES_SHOWN
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def final_data_dir(path):
@@ -103,12 +148,17 @@ class SplitReport:
         self.counts = {EXAMPLE: 0, EXCLUDED: collections.Counter(), SKIPPED: collections.Counter()}
         self.notes = collections.Counter()
         self.skipped = []
+        self.noted = []  # (name, Note) of the kept examples
         self.rows = 0
         self.unexpected = 0
 
     @property
     def skip_log_path(self):
         return self.log_dir / f"skipped_{self.split}.tsv"
+
+    @property
+    def notes_log_path(self):
+        return self.log_dir / f"notes_{self.split}.tsv"
 
     @property
     def report_path(self):
@@ -118,8 +168,9 @@ class SplitReport:
         self.rows += 1
         if outcome.kind == EXAMPLE:
             self.counts[EXAMPLE] += 1
-            if outcome.reason:
-                self.notes[outcome.reason] += 1
+            for note in outcome.notes:
+                self.notes[note.reason] += 1
+                self.noted.append((outcome.name, note))
         else:
             self.counts[outcome.kind][outcome.reason] += 1
         if outcome.kind == SKIPPED:
@@ -149,6 +200,7 @@ class SplitReport:
             "skipped": dict(sorted(self.counts[SKIPPED].items())),
             "notes": dict(sorted(self.notes.items())),
             "skip_log": str(final_data_dir(self.log_dir) / self.skip_log_path.name),
+            "notes_log": str(final_data_dir(self.log_dir) / self.notes_log_path.name),
         }
 
     def summary(self):
@@ -167,17 +219,23 @@ class SplitReport:
         if self.notes:
             lines.append(f"  kept with a note: {counts_text(self.notes)}")
         if self.skipped:
-            names = ", ".join(outcome.name for outcome in self.skipped[:10])
-            more = f" and {len(self.skipped) - 10} more" if len(self.skipped) > 10 else ""
-            lines.append(f"  skipped files: {names}{more}")
-        lines.append(f"  skip log: {final_data_dir(self.log_dir) / self.skip_log_path.name}")
+            lines.append(f"  skipped files: {_names_text([o.name for o in self.skipped])}")
+        if self.noted:
+            names = list(dict.fromkeys(name for name, _ in self.noted))
+            lines.append(f"  noted files: {_names_text(names)}")
+        final = final_data_dir(self.log_dir)
+        lines.append(f"  skip log: {final / self.skip_log_path.name}")
+        if self.noted:
+            lines.append(f"  notes log: {final / self.notes_log_path.name}")
         return "\n".join(lines)
 
     def write(self):
-        """Writes the skip log and the counts, and prints / logs the summary."""
+        """Writes the skip log, the notes log and the counts, and prints / logs the summary."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         lines = [SKIP_LOG_HEADER] + [skip_log_line(outcome) for outcome in self.skipped]
         self.skip_log_path.write_text("\n".join(lines) + "\n")
+        lines = [NOTES_LOG_HEADER] + [_note_line(name, note) for name, note in self.noted]
+        self.notes_log_path.write_text("\n".join(lines) + "\n")
         self.report_path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
         summary = self.summary()
         logging.info("%s", summary)
@@ -284,17 +342,21 @@ def generate(rows, process, report, extra_outcomes=(), threads=None):
         report.write()
 
 
-def _counter_name(split, outcome):
-    return f"{split}|{outcome.kind}|{outcome.reason}"
+def _counter_names(split, outcome):
+    """Beam counters of an outcome: one for its kind and reason, one per note of an example."""
+    if outcome.kind == EXAMPLE:
+        return [f"{split}|{EXAMPLE}|"] + [f"{split}|{NOTED}|{n.reason}" for n in outcome.notes]
+    return [f"{split}|{outcome.kind}|{outcome.reason}"]
 
 
 def beam_generate(work_items, expand, process, log_dir, dataset, split, extra_outcomes=()):
     """Beam generation: ``beam.Create(work_items) | FlatMap(expand) | ParDo(process)``.
 
-    Untested here (apache-beam is the optional ``beam`` extra). ``expand`` turns one work item
-    (a chunk of CSV rows, a list of rows) into rows on the worker; ``process`` is the same row
-    function as in the plain path. Skipped files are written to ``skipped_<split>.tsv`` in
-    ``log_dir``; the counts are Beam counters in the ``tfds_affectnet`` namespace.
+    apache-beam is the optional ``beam`` extra (``make test`` runs it). ``expand`` turns one
+    work item (a chunk of CSV rows, a list of rows) into rows on the worker; ``process`` is the
+    same row function as in the plain path. Skipped files are written to ``skipped_<split>.tsv``
+    and the notes of kept examples to ``notes_<split>.tsv`` in ``log_dir``; the counts are Beam
+    counters in the ``tfds_affectnet`` namespace.
     """
     import tensorflow_datasets as tfds
 
@@ -304,8 +366,11 @@ def beam_generate(work_items, expand, process, log_dir, dataset, split, extra_ou
     class _ProcessRow(beam.DoFn):
         def process(self, row):
             outcome = safe_process(process, row)
-            beam.metrics.Metrics.counter(BEAM_NAMESPACE, _counter_name(split, outcome)).inc()
+            for name in _counter_names(split, outcome):
+                beam.metrics.Metrics.counter(BEAM_NAMESPACE, name).inc()
             if outcome.kind == EXAMPLE:
+                for line in note_log_lines(outcome):
+                    yield beam.pvalue.TaggedOutput(NOTED, line)
                 yield outcome.key, outcome.example
             elif outcome.kind == SKIPPED:
                 yield beam.pvalue.TaggedOutput(SKIPPED, skip_log_line(outcome))
@@ -319,7 +384,7 @@ def beam_generate(work_items, expand, process, log_dir, dataset, split, extra_ou
             | f"{split}_reshuffle" >> beam.Reshuffle()
         )
         results = rows | f"{split}_process" >> beam.ParDo(_ProcessRow()).with_outputs(
-            SKIPPED, main=EXAMPLE
+            SKIPPED, NOTED, main=EXAMPLE
         )
         skipped_lines = results[SKIPPED]
         if extra_lines:
@@ -330,6 +395,12 @@ def beam_generate(work_items, expand, process, log_dir, dataset, split, extra_ou
             file_name_suffix=".tsv",
             shard_name_template="",
             header=SKIP_LOG_HEADER,
+        )
+        _ = results[NOTED] | f"{split}_notes_log" >> beam.io.WriteToText(
+            str(epath.Path(log_dir) / f"notes_{split}"),
+            file_name_suffix=".tsv",
+            shard_name_template="",
+            header=NOTES_LOG_HEADER,
         )
         return results[EXAMPLE]
 

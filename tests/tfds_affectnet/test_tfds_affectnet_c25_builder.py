@@ -11,7 +11,15 @@ import pytest
 import tensorflow_datasets as tfds
 from label_expectations import remap_by_name
 from tensorflow_datasets.core.download import download_manager
-from test_tfds_affectnet_builder import DummyDataMixin
+from test_tfds_affectnet_builder import (
+    BAD_BOX,
+    CLIPPED,
+    CORRUPT_MID_STREAM,
+    DummyDataMixin,
+    assert_mid_stream_corrupt,
+    clipped_and_unclipped_crops,
+    read_rgb,
+)
 
 from tfds_affectnet import AffectNetC25Config, _sources
 from tfds_affectnet.affectnet_c25 import affectnet_c25_dataset_builder
@@ -267,3 +275,42 @@ def test_tampered_csv_fails_the_checksum(c25_csv_dir, tmp_path, monkeypatch):
     _serve_from(c25_csv_dir, monkeypatch, tamper=True)
     with pytest.raises(download_manager.NonMatchingChecksumError):
         _build(AffectNetC25Config(name="t", image_size=SIZE), tmp_path / "manual", tmp_path)
+
+
+def test_mid_stream_corrupt_jpeg_and_bad_boxes_share_the_affectnet_path(tmp_path, capsys):
+    """The training rows of make_dummy_data's damaged=True: set 1 has the box past the border
+    (row 0, clipped), the JPEG corrupt mid-stream (row 2) and the box without width (row 4);
+    set 2 the box outside the image (row 6) and the truncated JPEG (row 7)."""
+    written = make_dummy_data.make_all(tmp_path / "manual", layouts=("c25",), damaged=True)
+    training = written["full"]["train"]
+    paths = training["subDirectory_filePath"]
+    names = paths.str.rsplit("/", n=1).str[-1]
+    images = tmp_path / "manual" / "Manually_Annotated_Images"
+    assert_mid_stream_corrupt(images / paths[2])
+    builder = _build(AffectNetC25Config(name="d", image_size=SIZE), tmp_path / "manual", tmp_path)
+    logs = {
+        s: pd.read_csv(builder.data_path / f"skipped_{s}.tsv", sep="\t", dtype=str)
+        for s in _sources.C25_SETS
+    }
+    assert dict(zip(logs["set1"]["file_name"], logs["set1"]["reason"])) == {
+        names[2]: CORRUPT_MID_STREAM,
+        names[4]: BAD_BOX,
+    }
+    assert dict(zip(logs["set2"]["file_name"], logs["set2"]["reason"])) == {
+        names[6]: BAD_BOX,
+        names[7]: "corrupt or truncated image",
+    }
+    assert "Corrupt JPEG data" in logs["set1"]["detail"][0]
+    assert builder.info.splits["set1"].num_examples == 4
+    assert builder.info.splits["set2"].num_examples == 4
+    out = capsys.readouterr().out
+    set1 = out.split("split 'set1'")[1].split("split 'set2'")[0]
+    assert f"skipped (bad or missing files): 2 ({CORRUPT_MID_STREAM}: 1, {BAD_BOX}: 1)" in set1
+    assert f"{CLIPPED}: 1)" in set1 and f"noted files: {names[0]}\n" in set1
+    notes = pd.read_csv(builder.data_path / "notes_set1.tsv", sep="\t", dtype=str)
+    assert notes["file_name"].tolist() == [names[0]] and notes["note"].tolist() == [CLIPPED]
+    box = tuple(float(training[c][0]) for c in ("face_x", "face_y", "face_width", "face_height"))
+    _, expected, unclipped = clipped_and_unclipped_crops(read_rgb(images / paths[0]), box, SIZE)
+    stored = _examples(builder, "set1")[names[0]]["image"]
+    np.testing.assert_array_equal(stored, expected)
+    assert np.abs(stored.astype(int) - unclipped.astype(int)).mean() > 40

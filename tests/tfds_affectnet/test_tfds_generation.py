@@ -151,3 +151,85 @@ def test_make_dummy_data_command_line(tmp_path, capsys):
     assert (tmp_path / "train_set" / "annotations").is_dir()
     assert not (tmp_path / "Manually_Annotated_file_lists").exists()
     assert "eight_label" in capsys.readouterr().out
+
+
+def _noted_process(row):
+    if row == "two_notes":
+        notes = [
+            _generation.Note(
+                "face box clipped to the image", "(-2, 0, 5, 5) clipped\tto (0, 0, 3, 5)"
+            ),
+            "landmarks unreadable, stored as NaN",
+        ]
+        return _generation.example("two.jpg", {"value": row}, notes)
+    if row == "one_note":
+        return _generation.example("one.jpg", {"value": row}, "landmarks unreadable, stored as NaN")
+    return _process(row)
+
+
+def test_notes_of_kept_examples_are_counted_and_listed(tmp_path, capsys):
+    report = _generation.SplitReport("ds/config", "train", tmp_path)
+    rows = ["two_notes", "a", "one_note", "bad"]
+    keys = [key for key, _ in _generation.generate(rows, _noted_process, report, threads=1)]
+    assert keys == ["two.jpg", "a.jpg", "one.jpg"]
+    counts = json.loads((tmp_path / "report_train.json").read_text())
+    assert counts["examples"] == 3
+    assert counts["notes"] == {
+        "face box clipped to the image": 1,
+        "landmarks unreadable, stored as NaN": 2,
+    }
+    assert counts["notes_log"] == str(tmp_path / "notes_train.tsv")
+    log = pd.read_csv(tmp_path / "notes_train.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert log.values.tolist() == [
+        ["two.jpg", "face box clipped to the image", "(-2, 0, 5, 5) clipped to (0, 0, 3, 5)"],
+        ["two.jpg", "landmarks unreadable, stored as NaN", ""],
+        ["one.jpg", "landmarks unreadable, stored as NaN", ""],
+    ]
+    out = capsys.readouterr().out
+    assert (
+        "kept with a note: 3 (face box clipped to the image: 1, landmarks unreadable, stored as "
+        "NaN: 2)" in out
+    )
+    assert "  noted files: two.jpg, one.jpg\n" in out
+    assert f"  notes log: {tmp_path}/notes_train.tsv" in out
+    example = _noted_process("two_notes")
+    assert example.reason == "face box clipped to the image; landmarks unreadable, stored as NaN"
+
+
+def test_no_notes_gives_an_empty_notes_log(tmp_path, capsys):
+    report = _generation.SplitReport("ds", "train", tmp_path)
+    list(_generation.generate(["a", "b"], _process, report, threads=1))
+    assert (tmp_path / "notes_train.tsv").read_text() == "file_name\tnote\tdetail\n"
+    assert "notes log" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_beam_generation_reports_corrupt_jpegs_and_clipped_boxes(tmp_path):
+    """The Beam branch writes the same skip and notes logs for make_dummy_data's damaged=True."""
+    beam = pytest.importorskip("apache_beam")
+    frames = make_dummy_data.make_all(tmp_path / "manual", layouts=("full",), damaged=True)
+    names = frames["full"]["train"]["subDirectory_filePath"]
+    builder = affectnet_dataset_builder.Builder(
+        config=AffectNetConfig(name="e8", image_size=16), data_dir=str(tmp_path / "data")
+    )
+    options = beam.options.pipeline_options.PipelineOptions(["--runner=DirectRunner"])
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=str(tmp_path / "manual"), beam_options=options
+        )
+    )
+    assert builder.info.splits["train"].num_examples == 4
+    log = pd.read_csv(builder.data_path / "skipped_train.tsv", sep="\t", dtype=str)
+    assert dict(zip(log["file_name"], log["reason"])) == {
+        names[2]: "corrupt JPEG data mid-stream",
+        names[4]: "face box empty or outside the image",
+        names[6]: "face box empty or outside the image",
+        names[7]: "corrupt or truncated image",
+    }
+    notes = pd.read_csv(builder.data_path / "notes_train.tsv", sep="\t", dtype=str)
+    assert notes["file_name"].tolist() == [names[0]]
+    assert notes["note"].tolist() == ["face box clipped to the image"]
+    counts = json.loads((builder.data_path / "report_train.json").read_text())["counts"]
+    assert counts["skipped: corrupt JPEG data mid-stream"] == 1
+    assert counts["noted: face box clipped to the image"] == 1
+    assert counts["example"] == 4

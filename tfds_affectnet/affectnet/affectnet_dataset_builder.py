@@ -26,9 +26,11 @@ codes follow AffectNet's order: 0 neutral, 1 happy, 2 sad, 3 surprise, 4 fear, 5
 6 anger, 7 contempt (8 none, 9 uncertain, 10 no-face in `all11`). Valence and arousal are in
 -1..1; -2 means "not annotated" and only occurs in `all11`.
 
-Rows that are not labels of the config are excluded and counted; corrupt, truncated or missing
-images are skipped, counted and listed in skipped_<split>.tsv next to the generated dataset
-(with the counts in report_<split>.json).
+Rows that are not labels of the config are excluded and counted; corrupt (also mid-stream, with
+the end marker intact), truncated or missing images and face boxes without area or outside the
+image are skipped, counted and listed in skipped_<split>.tsv next to the generated dataset (with
+the counts in report_<split>.json). A face box that extends past the image is clipped to it; such
+examples are counted and listed in notes_<split>.tsv.
 """
 
 _CITATION = _sources.AFFECTNET_CITATION
