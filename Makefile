@@ -5,22 +5,22 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint docs bench clean
+.PHONY: demo test lint docs bench wheel-check clean
 
 # The virtual environment; re-installed only when the packaging files change.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: setup.py pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: setup.py pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(VENV)/.installed $(VENV)/.installed-docs $@
 
-$(VENV)/.installed-docs: setup.py pyproject.toml | $(BIN)/python
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[docs]"
 	touch $(VENV)/.installed $@
 
@@ -41,8 +41,12 @@ docs: $(VENV)/.installed-docs
 test: $(VENV)/.installed-test lint docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The wheel installed into a clean venv outside the repository: train, predict, export (CI).
+wheel-check: $(VENV)/.installed-test
+	PYTHON=$(PYTHON) bash .ci/wheel_check.sh
+
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_crowd.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) build site *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_DIR) build dist site *.egg-info .pytest_cache .ruff_cache

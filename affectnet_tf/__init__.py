@@ -3,15 +3,16 @@
 Importing the package registers the TFDS builders (``tfds_affectnet``) and the crowd layers and
 losses (``crowd_layers``) with Keras.
 
-TensorFlow's C++ start-up notices (no CUDA driver, CPU instructions, oneDNN) would flood every
-command's output, so the package sets ``TF_CPP_MIN_LOG_LEVEL=2`` before it imports TensorFlow:
-TensorFlow's C++ INFO and WARNING lines are hidden, its errors and Python warnings still print.
-It is a default only (``os.environ.setdefault``), like other TensorFlow command lines: a value the
-user set wins. The "Could not find cuda drivers" notice ignores that variable (TensorFlow 2.19 and
+Importing the package changes nothing else in the process: no environment variable, no file
+descriptor. Its commands (``python -m affectnet_tf.train`` ..., the ``affectnet-train`` ...
+console scripts) start quietly: TensorFlow's C++ start-up notices (no CUDA driver, CPU
+instructions, oneDNN) would flood every command's output, so a command sets
+``TF_CPP_MIN_LOG_LEVEL=2`` before TensorFlow is imported (a default only: a value the user set
+wins), which hides TensorFlow's C++ INFO and WARNING lines while its errors and Python warnings
+still print; the "Could not find cuda drivers" notice ignores that variable (TensorFlow 2.19 and
 later), so that line and absl's header before it are filtered out of what ``import tensorflow``
-writes to the standard error; everything else it writes is passed on. Neither happens where
-TensorFlow was imported before the package. It also applies to programs that import the package;
-set ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything.
+writes to the standard error, everything else being passed on. Set ``TF_CPP_MIN_LOG_LEVEL=0``
+to see everything.
 
 The command-line modules (``train``, ``evaluate``, ``predict``, ``agreement``, ``video_train``,
 ``export``, ``serve``, ``convert``) are imported on first attribute access
@@ -22,9 +23,10 @@ converted model reloads from its ``.keras`` file without them.
 
 import importlib
 
-from affectnet_tf._startup import import_tensorflow_quietly
+from affectnet_tf import _startup
 
-import_tensorflow_quietly()
+if _startup.started_as_command():  # a library import leaves the process as it is
+    _startup.import_tensorflow_quietly()
 
 import crowd_layers  # noqa: F401  (registers the crowd layers and losses with Keras)
 import tfds_affectnet  # noqa: F401  (registers the TFDS builders)

@@ -6,7 +6,7 @@ import re
 import sys
 import tempfile
 
-__all__ = ["import_tensorflow_quietly"]
+__all__ = ["import_tensorflow_quietly", "started_as_command"]
 
 # Printed through absl while TensorFlow's libraries load, before TensorFlow reads
 # TF_CPP_MIN_LOG_LEVEL (tensorflow/tensorflow#100442): the INFO notice of a machine without a GPU,
@@ -15,6 +15,8 @@ _NOTICES = re.compile(
     rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rb"|.*\bcudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, "
     rb"GPU will not be used\."
+    # TensorFlow 2.21 prints its oneDNN notice through absl too, whatever the log level
+    rb"|I\d{4} [\d:. ]+\d+ port\.cc:\d+\] oneDNN custom operations are on\. .*"
 )
 
 
@@ -45,6 +47,25 @@ def notices_filtered():
             kept = drop_notices(captured.read())
             while kept:
                 kept = kept[os.write(2, kept) :]
+
+
+def started_as_command():
+    """Whether this process runs one of the package's commands: ``python -m affectnet_tf.X``
+    or a console script ``affectnet-X``; not a program or notebook that imports the package."""
+    if os.path.basename(sys.argv[0] if sys.argv else "").startswith("affectnet-"):
+        return True
+    argv = list(getattr(sys, "orig_argv", sys.argv))[1:]
+    while argv:
+        argument = argv.pop(0)
+        if argument == "-m":
+            return bool(argv) and argv[0].startswith("affectnet_tf.")
+        if argument.startswith("-m"):  # python -maffectnet_tf.train
+            return argument[2:].startswith("affectnet_tf.")
+        if argument in ("-X", "-W"):  # options that take a value
+            argv = argv[1:]
+        elif argument.startswith("-c") or not argument.startswith("-"):  # code or a script
+            return False
+    return False
 
 
 def import_tensorflow_quietly():

@@ -1,3 +1,3 @@
-"""Package version, read by setup.py and stored in saved models."""
+"""Package version, read by pyproject.toml and stored in saved models."""
 
 __version__ = "0.1.0"

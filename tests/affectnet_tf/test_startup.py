@@ -22,6 +22,10 @@ COMMANDS = (
 
 NOTICES = (
     b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    b"I0000 00:00:1796593927.055307   18890 port.cc:153] oneDNN custom operations are on. You "
+    b"may see slightly different numerical results due to floating-point round-off errors from "
+    b"different computation orders. To turn them off, set the environment variable "
+    b"`TF_ENABLE_ONEDNN_OPTS=0`.\n"
     b"I0000 00:00:1795947700.892022   10420 cudart_stub.cc:31] Could not find cuda drivers on "
     b"your machine, GPU will not be used.\n"
     b"2025-09-17 14:44:05.157831: I external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] Could not "
@@ -59,9 +63,13 @@ def test_the_commands_are_imported_on_first_use():
 
 
 _IMPORTED_COMMANDS = f"""
-import sys
+import os, sys
+# the dependencies first: TensorFlow, OpenCV, h5py ... set variables of their own on import
+import cv2, h5py, keras, matplotlib, mtcnn, sklearn, tensorflow, tensorflow_datasets
+before = (dict(os.environ), [os.fstat(fd).st_ino for fd in (0, 1, 2)])
 import affectnet_tf
-print([c for c in {COMMANDS!r} if "affectnet_tf." + c in sys.modules])
+after = (dict(os.environ), [os.fstat(fd).st_ino for fd in (0, 1, 2)])
+print([c for c in {COMMANDS!r} if "affectnet_tf." + c in sys.modules], before == after)
 """
 
 
@@ -80,6 +88,27 @@ def test_command_lines_start_quietly():
     assert stdout.startswith("usage: python -m affectnet_tf.train"), stdout[:200]
     imported, package_stderr = package.communicate(timeout=300)
     assert package.returncode == 0, package_stderr[-3000:]
-    assert imported.strip() == "[]"
-    for unwanted in ("RuntimeWarning", "cudart_stub", "cpu_feature_guard", "absl::"):
-        assert unwanted not in stderr + package_stderr, stderr[-3000:] + package_stderr[-3000:]
+    # a library import sets no environment variable and leaves the file descriptors alone
+    assert imported.strip() == "[] True"
+    assert "RuntimeWarning" not in stderr + package_stderr, stderr[-3000:] + package_stderr
+    for unwanted in ("cudart_stub", "cpu_feature_guard", "absl::", "oneDNN"):
+        assert unwanted not in stderr, stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "argv, command",
+    [
+        (["python", "-m", "affectnet_tf.train", "--help"], True),
+        (["python", "-X", "dev", "-maffectnet_tf.serve"], True),
+        (["python", "-m", "pytest", "-k", "affectnet_tf.train"], False),
+        (["python", "script.py", "-m", "affectnet_tf.train"], False),
+        (["python", "-c", "import affectnet_tf"], False),
+        (["python"], False),
+    ],
+)
+def test_only_the_commands_start_quietly(monkeypatch, argv, command):
+    monkeypatch.setattr(sys, "orig_argv", argv, raising=False)
+    monkeypatch.setattr(sys, "argv", argv[-1:] if argv[-1:] != ["python"] else [""])
+    assert _startup.started_as_command() is command
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/affectnet-train", "--help"])
+    assert _startup.started_as_command()
