@@ -34,10 +34,10 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import keras  # noqa: E402
+from emonet_weights import seeded_state_dict  # noqa: E402
 
 import affectnet_tf  # noqa: E402
 from affectnet_tf import emonet  # noqa: E402
-from emonet_weights import seeded_state_dict  # noqa: E402
 
 SIZE = 32
 SEED = 20261206
