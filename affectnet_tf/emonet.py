@@ -25,7 +25,8 @@ paths (``m0.b1_4.conv1``, ``emo_fc_2.1`` ...) so that each tensor of a state dic
   outputs, metadata);
 * :func:`read_state_dict` reads a PyTorch checkpoint without PyTorch and without running any
   code from it: a restricted unpickler that rebuilds tensors as NumPy arrays and refuses every
-  other global.
+  other global, with every size the file declares checked before it is allocated (the limits:
+  :data:`MAX_PICKLE_BYTES` and the other ``MAX_*`` constants).
 
 The weights are files the user downloads (:data:`EMONET_URLS`); the package ships neither them
 nor a converted model. Their licence (:data:`LICENCE`) forbids commercial use and the
@@ -36,11 +37,13 @@ import collections
 import functools
 import hashlib
 import io
+import math
 import os
 import pickle
 import struct
 import tarfile
 import zipfile
+import zlib
 
 import keras
 import numpy as np
@@ -62,6 +65,13 @@ __all__ = [
     "load_backbone_weights",
     "read_state_dict",
     "convert_emonet",
+    "MAX_PICKLE_BYTES",
+    "MAX_TENSORS",
+    "MAX_INFLATION",
+    "INFLATION_ALLOWANCE",
+    "MAX_SHARING",
+    "SHARING_ALLOWANCE",
+    "MAX_DIMENSIONS",
 ]
 
 #: The expression outputs of the published models, in EmoNet's own output order (its README's
@@ -523,9 +533,38 @@ _STORAGE_DTYPES = {
     "BoolStorage": "?",
 }
 
+# Limits on what an untrusted file may make the reader hold in memory. Every size the file
+# declares is checked against them, and against the sizes the pickle gives, before anything of
+# that size is allocated or inflated.
+
+#: The largest pickle read (``data.pkl``, or the legacy format's pickles in all): EmoNet's is
+#: about 120 KB, 170 bytes a tensor. Unpickling holds up to some 70 times the pickle's size.
+MAX_PICKLE_BYTES = 16 << 20
+#: The most tensors in a state dict (EmoNet's have 682).
+MAX_TENSORS = 100_000
+#: The compressed storages of a zip file (``torch.save`` writes them uncompressed) may inflate
+#: to this many times their compressed size in all, beyond :data:`INFLATION_ALLOWANCE`.
+MAX_INFLATION = 20
+#: What a file's compressed storages may inflate to whatever their ratio (zero-filled tensors
+#: deflate a thousandfold).
+INFLATION_ALLOWANCE = 16 << 20
+#: The tensors may copy their storages' bytes this many times in all (several tensors may view
+#: one storage: tied weights, views), beyond :data:`SHARING_ALLOWANCE`.
+MAX_SHARING = 4
+#: What the tensors may copy from shared storages whatever the number of copies.
+SHARING_ALLOWANCE = 64 << 20
+#: The most dimensions of a tensor.
+MAX_DIMENSIONS = 64
+
+
+class _Refused(ValueError):
+    """What the safe reader refuses while unpickling (other errors mean a damaged pickle)."""
+
 
 class _StorageType:
     """What a ``torch.<Type>Storage`` global stands for: the element type."""
+
+    __slots__ = ("name", "dtype", "bfloat16")
 
     def __init__(self, name):
         self.name = name
@@ -535,69 +574,131 @@ class _StorageType:
 
 
 class _Storage:
-    """One storage of a checkpoint: its elements once read (``array``), or a view of another."""
+    """One storage of a checkpoint: its elements once read (``array``), or a view of another
+    (legacy files: ``numel`` elements of ``base`` from ``offset``)."""
+
+    __slots__ = ("type", "key", "numel", "base", "offset", "array")
 
     def __init__(self, storage_type, key, numel, base=None, offset=0):
         self.type = storage_type
         self.key = key
-        self.numel = int(numel)
+        self.numel = numel
         self.base = base
-        self.offset = int(offset)
+        self.offset = offset
         self.array = None
 
-    def elements(self):
-        if self.base is not None:
-            return self.base.elements()[self.offset : self.offset + self.numel]
-        if self.array is None:
-            raise ValueError(f"the data of storage {self.key!r} is missing")
-        return self.array
+    def root(self, name):
+        """``(root storage, offset of this storage in it)``; the views checked, naming the
+        tensor ``name``."""
+        storage, start = self, 0
+        while storage.base is not None:
+            base = storage.base
+            if not _is_int(storage.offset) or storage.offset < 0:
+                raise ValueError(
+                    f"tensor {name!r} is in a view of storage {base.key!r} at the offset "
+                    f"{storage.offset!r}, which must be a non-negative integer"
+                )
+            if storage.offset + storage.numel > base.numel:
+                raise ValueError(
+                    f"tensor {name!r} is in a view of storage {base.key!r} that reaches past "
+                    f"its end (elements {storage.offset} to {storage.offset + storage.numel} of "
+                    f"{base.numel})"
+                )
+            start += storage.offset
+            storage = base
+        return storage, start
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_tuple(value, what, name):
+    if not isinstance(value, (tuple, list)) or not all(_is_int(v) for v in value):
+        raise ValueError(f"tensor {name!r} has a {what} that is not a tuple of integers: {value!r}")
+    if len(value) > MAX_DIMENSIONS:
+        raise ValueError(
+            f"tensor {name!r} has {len(value)} dimensions, more than the {MAX_DIMENSIONS} read"
+        )
+    if any(v < 0 for v in value):
+        raise ValueError(f"tensor {name!r} has a negative {what}: {tuple(value)}")
+    return tuple(value)
 
 
 class _Tensor:
-    """A tensor to materialise once every storage is read."""
+    """A tensor to materialise once its storage is read."""
+
+    __slots__ = ("storage", "offset", "size", "stride", "layout")
 
     def __init__(self, storage, offset, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+        self.layout = None
 
-    def numpy(self, name):
+    def check(self, name):
+        """Checks the tensor against its storage before any data is read; returns
+        ``(root storage, elements copied)``."""
         if not isinstance(self.storage, _Storage):
             raise ValueError(f"tensor {name!r} has no storage")
-        size = tuple(int(s) for s in self.size)
-        stride = tuple(int(s) for s in self.stride)
-        offset = int(self.offset)
-        flat = self.storage.elements()
-        if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
-            raise ValueError(f"tensor {name!r} has an invalid size {size} or stride {stride}")
-        count = int(np.prod(size, dtype=np.int64))
-        if count > flat.size:
+        root, start = self.storage.root(name)
+        size = _int_tuple(self.size, "size", name)
+        stride = _int_tuple(self.stride, "stride", name)
+        offset = self.offset
+        if not _is_int(offset) or offset < 0:
             raise ValueError(
-                f"tensor {name!r} has more elements ({count}) than its storage ({flat.size}); "
+                f"tensor {name!r} has the storage offset {offset!r}, which must be a "
+                "non-negative integer"
+            )
+        if len(size) != len(stride):
+            raise ValueError(f"tensor {name!r} has the size {size} but the stride {stride}")
+        numel = self.storage.numel
+        count = math.prod(size)  # exact: no overflow
+        if count > numel:
+            raise ValueError(
+                f"tensor {name!r} has more elements ({count}) than its storage ({numel}); "
                 "expanded tensors are not read"
             )
         if count:
             last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-            if last >= flat.size:
+            if last >= numel:
                 raise ValueError(
-                    f"tensor {name!r} reads past its storage ({last + 1} > {flat.size} elements)"
+                    f"tensor {name!r} reads past its storage ({last + 1} > {numel} elements)"
                 )
-        elif offset > flat.size:
-            raise ValueError(f"tensor {name!r} starts past its storage")
+        elif offset > numel:
+            raise ValueError(
+                f"tensor {name!r} starts past its storage (offset {offset} > {numel} elements)"
+            )
+        self.layout = (start + offset, size, stride)
+        return root, count
+
+    def numpy(self, name, root):
+        """A C-contiguous, writeable copy (``check`` first, then the root storage read)."""
+        if root.array is None:
+            raise ValueError(f"the data of tensor {name!r} (storage {root.key!r}) is missing")
+        start, size, stride = self.layout
+        flat = root.array
+        count = math.prod(size)
         view = np.lib.stride_tricks.as_strided(
-            flat[offset:] if count else flat[:0],
+            flat[start:] if count else flat[:0],
             shape=size,
             strides=[s * flat.itemsize for s in stride],
             writeable=False,
         )
         array = np.array(view, order="C")  # a contiguous copy
-        if self.storage_type().bfloat16:
+        if root.type.bfloat16:
             array = (array.astype(np.uint32) << 16).view(np.float32)
         return array
 
-    def storage_type(self):
-        storage = self.storage
-        while storage.base is not None:
-            storage = storage.base
-        return storage.type
+
+class _Allowed:
+    """An allowed global: calls the function it stands for; the pickle cannot change it."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function):
+        self.function = function
+
+    def __call__(self, *args):
+        return self.function(*args)
 
 
 def _rebuild_tensor_v2(
@@ -611,27 +712,60 @@ def _rebuild_parameter(data, requires_grad=False, hooks=None):
 
 
 _ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("collections", "OrderedDict"): _Allowed(collections.OrderedDict),
+    ("torch._utils", "_rebuild_tensor_v2"): _Allowed(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_parameter"): _Allowed(_rebuild_parameter),
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Rebuilds ordered dicts and tensors; every other global is refused."""
+class _SafeUnpickler(pickle._Unpickler):
+    """Python's own unpickler, which reads the bytes a string declares before it holds them
+    (the C one allocates them first: a 10-byte pickle could ask for a terabyte), without the
+    one opcode that allocates first here too (``BYTEARRAY8``, protocol 5, which torch.save
+    does not write) and with no global at all."""
 
-    def __init__(self, file, where, storages, legacy):
+    dispatch = dict(pickle._Unpickler.dispatch)
+    del dispatch[pickle.BYTEARRAY8[0]]
+
+    def __init__(self, file, where):
         super().__init__(file, encoding="utf-8")
         self.where = where
+
+    def find_class(self, module, name):
+        raise _Refused(
+            f"{self.where}: the safe reader refuses the global {module}.{name}. "
+            f"Received: global={module}.{name}"
+        )
+
+
+class _RestrictedUnpickler(_SafeUnpickler):
+    """Rebuilds ordered dicts and tensors; every other global is refused."""
+
+    dispatch = dict(_SafeUnpickler.dispatch)
+
+    def __init__(self, file, where, storages, legacy):
+        super().__init__(file, where)
         self.storages = storages
         self.legacy = legacy
+
+    def load_build(self):
+        """``BUILD`` (set an object's state), refused on the reader's own objects."""
+        target = self.stack[-2] if len(self.stack) > 1 else None
+        if isinstance(target, (_Allowed, _StorageType, _Storage, _Tensor)):
+            raise _Refused(
+                f"{self.where} is not a plain state dict: its pickle changes the state of a "
+                f"{type(target).__name__.lstrip('_')}, which a torch.save state dict never does."
+            )
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module, name):
         if (module, name) in _ALLOWED_GLOBALS:
             return _ALLOWED_GLOBALS[module, name]
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        raise ValueError(
+        raise _Refused(
             f"{self.where} is not a plain state dict: it asks for the global {module}.{name}, "
             "which the safe reader refuses (it rebuilds only tensors and ordered dicts). "
             f"Received: global={module}.{name}"
@@ -639,28 +773,43 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid:
-            raise ValueError(f"{self.where}: unknown persistent id {pid!r}")
-        kind = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
+            raise _Refused(f"{self.where}: unknown persistent id {pid!r}")
+        kind = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
         expected = 6 if self.legacy else 5
         if kind != "storage" or len(pid) != expected or not isinstance(pid[1], _StorageType):
-            raise ValueError(
+            raise _Refused(
                 f"{self.where} is not a plain state dict: it holds a {kind!r} object "
                 "(a pickled module or another object), which the safe reader refuses."
             )
         storage_type, key, numel = pid[1], str(pid[2]), pid[4]
-        if not isinstance(numel, int) or numel < 0:
-            raise ValueError(f"{self.where}: storage {key!r} has an invalid size {numel!r}")
-        if key not in self.storages:
-            self.storages[key] = _Storage(storage_type, key, numel)
-        storage = self.storages[key]
+        storage = self._storage(storage_type, key, numel)
         if self.legacy and pid[5] is not None:  # a view of the root storage
-            view_key, offset, view_numel = pid[5]
-            view_key = str(view_key)
-            if view_key not in self.storages:
-                self.storages[view_key] = _Storage(
-                    storage_type, view_key, view_numel, base=storage, offset=offset
+            view = pid[5]
+            if not isinstance(view, tuple) or len(view) != 3:
+                raise _Refused(f"{self.where}: storage {key!r} has an invalid view {view!r}")
+            view_key, offset, view_numel = str(view[0]), view[1], view[2]
+            if not _is_int(offset):
+                raise _Refused(
+                    f"{self.where}: the view {view_key!r} of storage {key!r} has an invalid "
+                    f"offset {offset!r}"
                 )
-            storage = self.storages[view_key]
+            storage = self._storage(storage_type, view_key, view_numel, storage, offset)
+        return storage
+
+    def _storage(self, storage_type, key, numel, base=None, offset=0):
+        """The storage ``key``, made on its first mention; a second one must agree."""
+        if not _is_int(numel) or numel < 0:
+            raise _Refused(f"{self.where}: storage {key!r} has an invalid size {numel!r}")
+        storage = self.storages.get(key)
+        if storage is None:
+            storage = self.storages[key] = _Storage(storage_type, key, numel, base, offset)
+        elif (storage.type.name, storage.numel) != (storage_type.name, numel) or (
+            base is not None and (storage.base, storage.offset) != (base, offset)
+        ):
+            raise _Refused(
+                f"{self.where}: storage {key!r} is declared twice, as {storage.numel} "
+                f"{storage.type.name} elements and as {numel} {storage_type.name} elements"
+            )
         return storage
 
 
@@ -675,6 +824,14 @@ def read_state_dict(path):
     dict (``{"state_dict": ...}``, ``"model_state_dict"``, ``"model"``, ``"net"``) is unwrapped,
     and a ``module.`` prefix (``nn.DataParallel``) removed.
 
+    The file may come from anywhere: before any data is read, every tensor's size, stride and
+    offset is checked against its storage, and every storage's size against the bytes the file
+    holds for it (a zip entry must declare exactly the storage's bytes, and is inflated with a
+    cap at that size). A pickle larger than :data:`MAX_PICKLE_BYTES`, more than
+    :data:`MAX_TENSORS` tensors, compressed storages that inflate more than
+    :data:`MAX_INFLATION` times (a zip bomb) and tensors that copy their storages more than
+    :data:`MAX_SHARING` times are refused, so that a small file cannot fill the memory.
+
     Args:
         path: the ``.pth`` file.
 
@@ -683,7 +840,7 @@ def read_state_dict(path):
 
     Raises:
         ValueError: a file that is not a PyTorch state dict, a TorchScript archive, a refused
-            global (named), or damaged data (naming the tensor).
+            global (named), or damaged or oversized data (naming the tensor).
 
     Example:
 
@@ -697,28 +854,88 @@ def read_state_dict(path):
     if not os.path.isfile(path):
         raise ValueError(f"The weights file {path} does not exist.")
     if zipfile.is_zipfile(path):
-        result, storages = _read_zip(path, where)
+        state, roots = _read_zip(path, where)
     else:
-        result, storages = _read_legacy(path, where)
-    state = _strip_prefix(_unwrap(result, where))
+        state, roots = _read_legacy(path, where)
     arrays = collections.OrderedDict()
+    for name, tensor in state.items():
+        try:
+            arrays[name] = tensor.numpy(name, roots[name])
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        except Exception as error:  # MemoryError and the like: not expected after the checks
+            raise ValueError(
+                f"{where}: tensor {name!r} cannot be read ({type(error).__name__}: {error})"
+            ) from None
+    return arrays
+
+
+def _checked_state(result, where):
+    """``(state, {name: root storage}, {root storage: first tensor name})``: the tensors of
+    what the pickle gave, each checked against its storage, none read yet."""
+    state = _strip_prefix(_unwrap(result, where))
+    if len(state) > MAX_TENSORS:
+        raise ValueError(
+            f"{where} holds {len(state)} tensors, more than the {MAX_TENSORS} the reader reads."
+        )
+    roots, owners = {}, {}
+    copied = 0
     for name, value in state.items():
         if not isinstance(value, _Tensor):
             raise ValueError(
                 f"{where}: the entry {name!r} is not a tensor. Received: {type(value).__name__}"
             )
         try:
-            arrays[name] = value.numpy(name)
+            root, count = value.check(name)
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
-        except (TypeError, OverflowError) as error:  # sizes that are not integers
-            raise ValueError(f"{where}: tensor {name!r} cannot be read: {error}") from None
-    return arrays
+        roots[name] = root
+        owners.setdefault(root, name)
+        copied += count * root.type.dtype.itemsize
+    stored = sum(root.numel * root.type.dtype.itemsize for root in owners)
+    if copied > SHARING_ALLOWANCE + MAX_SHARING * stored:
+        raise ValueError(
+            f"{where}: its {len(state)} tensors copy {copied} bytes out of storages of "
+            f"{stored} bytes, more than {MAX_SHARING} times (the same data named many times, "
+            "which would fill the memory); the safe reader refuses it."
+        )
+    return state, roots, owners
+
+
+def _nbytes(storage):
+    return storage.numel * storage.type.dtype.itemsize
+
+
+def _read_entry(archive, info, what):
+    """The bytes of a zip entry, never more than it declares (``info.file_size``)."""
+    try:
+        with archive.open(info) as f:
+            data = f.read(info.file_size + 1)  # inflates at most this much
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        RuntimeError,
+        NotImplementedError,
+    ) as error:
+        raise ValueError(f"{what} cannot be read ({type(error).__name__}: {error})") from None
+    if len(data) != info.file_size:
+        raise ValueError(
+            f"{what} holds {'more' if len(data) > info.file_size else len(data)} bytes, "
+            f"not the {info.file_size} it declares"
+        )
+    return data
 
 
 def _read_zip(path, where):
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise ValueError(f"{where} is a damaged zip file ({error}).") from None
+    with archive:
+        infos = {info.filename: info for info in archive.infolist()}
+        names = list(infos)
         pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if any(n.endswith("constants.pkl") for n in names):
             raise ValueError(
@@ -729,55 +946,114 @@ def _read_zip(path, where):
             raise ValueError(f"{where} is a zip file but not a PyTorch checkpoint (no data.pkl).")
         prefix = pickles[0][: -len("data.pkl")]
         order = "<"
-        if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder") == b"big":
-            order = ">"
+        byteorder = infos.get(f"{prefix}byteorder")
+        if byteorder is not None:
+            if byteorder.file_size > 16:
+                raise ValueError(f"{where}: its entry {byteorder.filename!r} is not a byte order")
+            if (
+                _read_entry(archive, byteorder, f"{where}: the entry {byteorder.filename!r}")
+                == b"big"
+            ):
+                order = ">"
+        info = infos[pickles[0]]
+        if info.file_size > MAX_PICKLE_BYTES:
+            raise ValueError(
+                f"{where}: its pickle {info.filename!r} declares {info.file_size} bytes, more "
+                f"than the {MAX_PICKLE_BYTES} the safe reader reads."
+            )
+        data = _read_entry(archive, info, f"{where}: its pickle {info.filename!r}")
         storages = {}
-        unpickler = _RestrictedUnpickler(
-            io.BytesIO(archive.read(pickles[0])), where, storages, legacy=False
-        )
+        unpickler = _RestrictedUnpickler(io.BytesIO(data), where, storages, legacy=False)
         result = _unpickle(unpickler, where)
-        for key, storage in storages.items():
-            if storage.base is not None:
-                continue
-            record = f"{prefix}data/{key}"
-            if record not in names:
-                raise ValueError(f"{where}: the data of storage {key!r} ({record}) is missing")
-            data = archive.read(record)
-            storage.array = _elements(data, storage, order, where)
-    return result, storages
+        del data, unpickler
+        state, roots, owners = _checked_state(result, where)
+        records = {}
+        for storage, name in owners.items():
+            record = f"{prefix}data/{storage.key}"
+            info = infos.get(record)
+            what = f"{where}: the data of tensor {name!r} (zip entry {record!r})"
+            if info is None:
+                raise ValueError(f"{what} is missing")
+            if info.file_size != _nbytes(storage):
+                raise ValueError(
+                    f"{what} declares {info.file_size} bytes; its storage of {storage.numel} "
+                    f"{storage.type.name} elements has {_nbytes(storage)}. "
+                    f"Received: file_size={info.file_size}"
+                )
+            records[storage] = (info, what)
+        _check_inflation(records.values(), where)
+        for storage, (info, what) in records.items():
+            storage.array = _elements(_read_entry(archive, info, what), storage, order)
+    return state, roots
 
 
-def _elements(data, storage, order, where):
+def _check_inflation(records, where):
+    """Refuses compressed entries that inflate more than :data:`MAX_INFLATION` times."""
+    compressed = [
+        (info, what) for info, what in records if info.compress_type != zipfile.ZIP_STORED
+    ]
+    inflated = sum(info.file_size for info, _ in compressed)
+    packed = sum(info.compress_size for info, _ in compressed)
+    if inflated > INFLATION_ALLOWANCE + MAX_INFLATION * packed:
+        info, what = max(compressed, key=lambda r: r[0].file_size / max(r[0].compress_size, 1))
+        raise ValueError(
+            f"{what} inflates {info.compress_size} bytes to {info.file_size}, and the "
+            f"compressed storages {packed} bytes to {inflated}: more than {MAX_INFLATION} times "
+            "(a zip bomb? torch.save stores its tensors uncompressed); the safe reader refuses it."
+        )
+
+
+def _elements(data, storage, order):
+    """The storage's elements, on the bytes read (copied only to swap the byte order)."""
     dtype = storage.type.dtype.newbyteorder(order)
-    if len(data) < storage.numel * dtype.itemsize:
-        raise ValueError(f"{where}: the data of storage {storage.key!r} is truncated")
-    return np.frombuffer(data, dtype, storage.numel).astype(storage.type.dtype)
+    array = np.frombuffer(data, dtype, storage.numel)
+    return array if dtype.isnative else array.astype(storage.type.dtype)
 
 
 def _unpickle(unpickler, where):
     try:
         return unpickler.load()
-    except ValueError:
-        raise
-    except Exception as error:  # a damaged pickle
-        raise ValueError(f"{where} is not a readable PyTorch checkpoint: {error}") from None
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """The legacy header's pickles: numbers and dicts, no global at all."""
-
-    def __init__(self, file, where):
-        super().__init__(file, encoding="utf-8")
-        self.where = where
-
-    def find_class(self, module, name):
+    except _Refused as error:
+        raise ValueError(str(error)) from None
+    except Exception as error:  # a damaged pickle, MemoryError included
         raise ValueError(
-            f"{self.where}: the safe reader refuses the global {module}.{name}. "
-            f"Received: global={module}.{name}"
-        )
+            f"{where} is not a readable PyTorch checkpoint ({type(error).__name__}: {error})"
+        ) from None
+
+
+class _LimitedReader:
+    """The reads of the legacy format's pickles: at most :data:`MAX_PICKLE_BYTES` in all, and
+    never past the end of the file (a pickle that declares a longer string is refused)."""
+
+    def __init__(self, file, size, where):
+        self.file = file
+        self.where = where
+        self.capped = size - file.tell() > MAX_PICKLE_BYTES
+        self.left = min(size - file.tell(), MAX_PICKLE_BYTES)
+
+    def _take(self, n):
+        if n > self.left:
+            if self.capped:
+                raise _Refused(
+                    f"{self.where}: its pickles are larger than the {MAX_PICKLE_BYTES} bytes "
+                    "the safe reader reads."
+                )
+            raise _Refused(f"{self.where} is truncated (a pickle reads past its end).")
+        self.left -= n
+
+    def read(self, n=-1):
+        n = self.left if n is None or n < 0 else n
+        self._take(n)
+        return self.file.read(n)
+
+    def readline(self, limit=-1):
+        line = self.file.readline(self.left + 1)
+        self._take(len(line))
+        return line
 
 
 def _read_legacy(path, where):
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(2)
         if head[:1] != b"\x80":
@@ -789,36 +1065,56 @@ def _read_legacy(path, where):
                 )
             raise ValueError(f"{where} is not a PyTorch checkpoint (neither zip nor pickle).")
         f.seek(0)
-        magic = _unpickle(_PlainUnpickler(f, where), where)
+        reader = _LimitedReader(f, size, where)
+        magic = _unpickle(_SafeUnpickler(reader, where), where)
         if magic != _MAGIC_NUMBER:
             raise ValueError(
                 f"{where} is a pickle but not a PyTorch checkpoint (no torch.save magic number); "
                 "the safe reader reads only torch.save's formats."
             )
-        protocol = _unpickle(_PlainUnpickler(f, where), where)
+        protocol = _unpickle(_SafeUnpickler(reader, where), where)
         if protocol != _LEGACY_PROTOCOL:
             raise ValueError(f"{where}: unknown legacy checkpoint protocol {protocol!r}")
-        sys_info = _unpickle(_PlainUnpickler(f, where), where)
+        sys_info = _unpickle(_SafeUnpickler(reader, where), where)
         little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
         storages = {}
-        result = _unpickle(_RestrictedUnpickler(f, where, storages, legacy=True), where)
-        keys = _unpickle(_PlainUnpickler(f, where), where)
+        result = _unpickle(_RestrictedUnpickler(reader, where, storages, legacy=True), where)
+        keys = _unpickle(_SafeUnpickler(reader, where), where)
+        if not isinstance(keys, (list, tuple)):
+            raise ValueError(f"{where}: its list of storages is a {type(keys).__name__}")
+        state, roots, owners = _checked_state(result, where)
         order = "<" if little else ">"
+        seen = set()
         for key in keys:
             storage = storages.get(str(key))
-            if storage is None or storage.base is not None:
+            if storage is None or storage.base is not None or storage.key in seen:
                 raise ValueError(f"{where}: unknown storage {key!r} in the data section")
+            seen.add(storage.key)
+            name = owners.get(storage)
+            what = f"{where}: the data of " + (
+                f"tensor {name!r} (storage {storage.key!r})" if name else f"storage {storage.key!r}"
+            )
             header = f.read(8)
             if len(header) != 8:
-                raise ValueError(f"{where}: the data of storage {key!r} is truncated")
+                raise ValueError(f"{what} is truncated")
             (numel,) = struct.unpack(f"{order}q", header)
             if numel != storage.numel:
+                raise ValueError(f"{what} holds {numel} elements, not {storage.numel}")
+            nbytes = _nbytes(storage)
+            left = size - f.tell()
+            if nbytes > left:
                 raise ValueError(
-                    f"{where}: storage {key!r} holds {numel} elements, not {storage.numel}"
+                    f"{what} is truncated: its {numel} elements need {nbytes} bytes, the file "
+                    f"has {left} left"
                 )
-            data = f.read(numel * storage.type.dtype.itemsize)
-            storage.array = _elements(data, storage, order, where)
-    return result, storages
+            if name is None:  # a storage no tensor of the state dict reads
+                f.seek(nbytes, os.SEEK_CUR)
+                continue
+            data = f.read(nbytes)
+            if len(data) != nbytes:
+                raise ValueError(f"{what} is truncated")
+            storage.array = _elements(data, storage, order)
+    return state, roots
 
 
 def _unwrap(result, where):

@@ -65,6 +65,7 @@ __all__ = [
     "read_hsemotion_onnx",
     "load_backbone_weights",
     "convert_hsemotion",
+    "MAX_ALIAS_CHAIN",
 ]
 
 #: HSEmotion's class names in its output order (``idx_to_class`` of ``hsemotion_onnx``).
@@ -401,12 +402,38 @@ class HSEmotionWeights:
         return HSEMOTION_CLASS_NAMES[self.num_classes]
 
 
+#: The longest chain of ``Identity`` nodes followed to a tensor's value (``torch.onnx.export``
+#: writes chains of one); a longer one, or a cycle, is refused.
+MAX_ALIAS_CHAIN = 64
+#: ONNX element types a weight may have: ``{TensorProto type: (name, bytes per element, field
+#: holding the values when they are not raw bytes)}``.
+_FLOAT_TYPES = {
+    1: ("FLOAT", 4, "float_data"),
+    10: ("FLOAT16", 2, "int32_data"),
+    11: ("DOUBLE", 8, "double_data"),
+    16: ("BFLOAT16", 2, "int32_data"),
+}
+#: The attributes read, and the ``AttributeProto`` type each must have (1 FLOAT, 2 INT,
+#: 3 STRING, 4 TENSOR, 7 INTS).
+_ATTRIBUTE_TYPES = {
+    "alpha": 1,
+    "beta": 1,
+    "epsilon": 1,
+    "transA": 2,
+    "transB": 2,
+    "group": 2,
+    "auto_pad": 3,
+    "value": 4,
+    "strides": 7,
+    "dilations": 7,
+    "pads": 7,
+}
+
+
 class _Graph:
     """The tensors and the node links of an ONNX graph."""
 
     def __init__(self, model, where):
-        from onnx import helper
-
         self.where = where
         graph = model.graph
         self.nodes = list(graph.node)
@@ -420,45 +447,124 @@ class _Graph:
                 self.producers[name] = node
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
+            if node.op_type in ("Constant", "Identity"):
+                inputs = 0 if node.op_type == "Constant" else 1
+                if len(node.input) != inputs or len(node.output) != 1:
+                    raise ValueError(
+                        f"{where}: the {node.op_type} node {node.name!r} must have "
+                        f"{('no input', 'one input')[inputs]} and one output. Received: "
+                        f"inputs={list(node.input)}, outputs={list(node.output)}"
+                    )
             if node.op_type == "Constant":
-                for attribute in node.attribute:
-                    if attribute.name == "value":
-                        self.constants[node.output[0]] = helper.get_attribute_value(attribute)
+                value = self.attributes(node, node.output[0]).get("value")
+                self.constants[node.output[0]] = value  # None: a constant of another kind
             elif node.op_type == "Identity":
                 self.aliases[node.output[0]] = node.input[0]
         self.inputs = [i for i in graph.input if i.name not in self.initializers]
+
+    def _source(self, name, what):
+        """The tensor that ``name`` is an alias of (through ``Identity`` nodes)."""
+        chain = [name]
+        while chain[-1] in self.aliases:
+            source = self.aliases[chain[-1]]
+            if source in chain:
+                cycle = " -> ".join(chain[chain.index(source) :] + [source])
+                raise ValueError(
+                    f"{self.where}: {what} is an alias of itself (a cycle of Identity nodes: "
+                    f"{cycle}). Received: tensor={name!r}"
+                )
+            chain.append(source)
+            if len(chain) > MAX_ALIAS_CHAIN:
+                raise ValueError(
+                    f"{self.where}: {what} is reached through more than {MAX_ALIAS_CHAIN} "
+                    f"Identity nodes. Received: tensor={name!r}"
+                )
+        return chain[-1]
 
     def array(self, name, node, role):
         """The float32 value of a constant tensor, or a ValueError naming it."""
         from onnx import TensorProto, numpy_helper
 
-        source = name
-        while source in self.aliases:
-            source = self.aliases[source]
-        tensor = self.initializers.get(source, self.constants.get(source))
         what = f"the tensor {name!r} ({role} of {node.op_type} node {node.name!r})"
+        source = self._source(name, what)
+        tensor = self.initializers.get(source, self.constants.get(source))
         if tensor is None:
-            raise ValueError(
-                f"{self.where}: {what} is missing from the file (neither an initializer nor a "
-                f"constant). Received: tensor={name!r}"
+            detail = (
+                "a Constant node without a tensor value"
+                if source in self.constants
+                else "neither an initializer nor a constant"
             )
-        if tensor.data_location == TensorProto.EXTERNAL:
+            raise ValueError(
+                f"{self.where}: {what} is missing from the file ({detail}). "
+                f"Received: tensor={name!r}"
+            )
+        if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
             raise ValueError(
                 f"{self.where}: {what} is stored in an external file, which is not read; "
                 f"HSEmotion's files hold every tensor. Received: tensor={name!r}"
             )
+        _check_tensor(tensor, f"{self.where}: {what}", name)
         try:
             value = numpy_helper.to_array(tensor)
-        except Exception as error:  # e.g. fewer values than its shape needs
+            return np.asarray(value, np.float32)
+        except Exception as error:  # not expected after the checks
             raise ValueError(
                 f"{self.where}: {what} cannot be read ({error}). Received: tensor={name!r}"
             ) from None
-        return np.asarray(value, np.float32)
 
-    def attributes(self, node):
-        from onnx import helper
+    def attributes(self, node, tensor):
+        """``{name: value}`` of a node's attributes; one the reader reads must be of its
+        type (a ValueError names the node and ``tensor``)."""
+        from onnx import AttributeProto, helper
 
-        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        values = {}
+        for attribute in node.attribute:
+            expected = _ATTRIBUTE_TYPES.get(attribute.name)
+            if expected is not None and attribute.type != expected:
+                raise ValueError(
+                    f"{self.where}: the attribute {attribute.name!r} of {node.op_type} node "
+                    f"{node.name!r} (tensor {tensor!r}) must be of type "
+                    f"{AttributeProto.AttributeType.Name(expected)}. Received: "
+                    f"type={_type_name(AttributeProto.AttributeType, attribute.type)}"
+                )
+            if expected is not None:
+                values[attribute.name] = helper.get_attribute_value(attribute)
+        return values
+
+
+def _type_name(enum, value):
+    try:
+        return enum.Name(value)
+    except ValueError:
+        return str(value)
+
+
+def _check_tensor(tensor, what, name):
+    """Checks a tensor's element type, shape and values against each other, before NumPy
+    holds it: a float type, non-negative dims, exactly the values the dims need."""
+    from onnx import TensorProto
+
+    spec = _FLOAT_TYPES.get(tensor.data_type)
+    if spec is None:
+        raise ValueError(
+            f"{what} has the element type "
+            f"{_type_name(TensorProto.DataType, tensor.data_type)}; a weight is a float. "
+            f"Received: tensor={name!r}"
+        )
+    type_name, itemsize, field = spec
+    dims = tuple(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise ValueError(f"{what} has a negative dimension. Received: {name}.dims={dims}")
+    numel = math.prod(dims)
+    if tensor.HasField("raw_data"):
+        found, needed, unit = len(tensor.raw_data), numel * itemsize, "bytes"
+    else:
+        found, needed, unit = len(getattr(tensor, field)), numel, "values"
+    if found != needed:
+        raise ValueError(
+            f"{what} cannot be read: it holds {found} {unit}; its shape {dims} of {type_name} "
+            f"needs {needed}. Received: tensor={name!r}"
+        )
 
 
 def _sha256(data):
@@ -500,6 +606,12 @@ def _read_classifier(graph):
             f"(or MatMul) node on the pooled features. Received: linear nodes {found}"
         )
     node = (gemms + matmuls)[0]
+    if len(node.input) < 2 or len(node.output) != 1:
+        raise ValueError(
+            f"{graph.where}: the classifier node {node.name!r} ({node.op_type}) must have an "
+            f"input and a weight, and one output. Received: inputs={list(node.input)}, "
+            f"outputs={list(node.output)}"
+        )
     weight = graph.array(node.input[1], node, "weight")
     if weight.ndim != 2:
         raise ValueError(
@@ -507,7 +619,7 @@ def _read_classifier(graph):
             f"node {node.name!r}) must be a matrix. Received: shape={weight.shape}"
         )
     if node.op_type == "Gemm":
-        attributes = graph.attributes(node)
+        attributes = graph.attributes(node, node.input[1])
         if attributes.get("transA", 0):
             raise ValueError(
                 f"{graph.where}: the classifier node {node.name!r} transposes its input "
@@ -523,15 +635,21 @@ def _read_classifier(graph):
         bias = np.zeros(kernel.shape[1], np.float32)
         adds = [n for n in graph.consumers.get(node.output[0], []) if n.op_type == "Add"]
         if adds:
-            other = [i for i in adds[0].input if i != node.output[0]][0]
-            bias = bias + graph.array(other, adds[0], "bias")
+            others = [i for i in adds[0].input if i != node.output[0]]
+            if len(others) != 1:
+                raise ValueError(
+                    f"{graph.where}: the Add node {adds[0].name!r} after the classifier node "
+                    f"{node.name!r} must add one bias tensor. Received: "
+                    f"inputs={list(adds[0].input)}"
+                )
+            bias = bias + graph.array(others[0], adds[0], "bias")
     return kernel.astype(np.float32), bias.astype(np.float32), node.input[1]
 
 
 def _check_padding(graph, node, conv, tensor):
     """TensorFlow "same" padding: symmetric ``k // 2`` at stride 1; at stride 2 a ``Pad`` node
     before an unpadded convolution (timm's ``Conv2dSame``) or ``auto_pad=SAME_UPPER``."""
-    attributes = graph.attributes(node)
+    attributes = graph.attributes(node, tensor)
     auto_pad = attributes.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
     pads = [int(p) for p in attributes.get("pads", [0, 0, 0, 0])]
@@ -612,7 +730,9 @@ def _read_convs(graph, variant):
         tensor = node.input[1] if len(node.input) > 1 else ""
         where = f"{graph.where}: the tensor {tensor!r} (weight of Conv node {node.name!r})"
         weight = graph.array(tensor, node, "weight")
-        attributes = graph.attributes(node)
+        if len(node.output) != 1:
+            raise ValueError(f"{where} must have one output. Received: outputs={list(node.output)}")
+        attributes = graph.attributes(node, tensor)
         group = int(attributes.get("group", 1))
         strides = [int(s) for s in attributes.get("strides", [1, 1])]
         expected = (conv.filters, conv.channels, conv.kernel, conv.kernel)
@@ -646,6 +766,12 @@ def _read_convs(graph, variant):
         following = graph.consumers.get(output, [])
         if len(following) == 1 and following[0].op_type == "BatchNormalization":
             bn = following[0]
+            if len(bn.input) != 5 or len(bn.output) < 1:
+                raise ValueError(
+                    f"{graph.where}: the BatchNormalization node {bn.name!r} after the Conv node "
+                    f"{node.name!r} (tensor {tensor!r}) must have an input, a scale, a shift, a "
+                    f"mean and a variance, and an output. Received: inputs={list(bn.input)}"
+                )
             roles = ("scale", "shift", "mean", "variance")
             params = [graph.array(bn.input[i + 1], bn, role) for i, role in enumerate(roles)]
             for param, role, input_name in zip(params, roles, bn.input[1:]):
@@ -655,7 +781,7 @@ def _read_convs(graph, variant):
                         f"node {bn.name!r}) must have shape {(conv.filters,)}. Received: "
                         f"{input_name}.shape={param.shape}"
                     )
-            batch_norm = (*params, float(graph.attributes(bn).get("epsilon", 1e-5)))
+            batch_norm = (*params, float(graph.attributes(bn, tensor).get("epsilon", 1e-5)))
             output = bn.output[0]
         activations = sorted({n.op_type for n in graph.consumers.get(output, [])})
         if conv.activation != ("Sigmoid" in activations):
@@ -707,7 +833,10 @@ def read_hsemotion_onnx(path):
     """Reads an HSEmotion ONNX file into NumPy arrays in the Keras layout, without PyTorch.
 
     The file is parsed with ``onnx`` only: tensors stored outside the file are refused and no
-    operator is run. The variant comes from the features the classifier reads (1280: B0, 1408:
+    operator is run. The file may come from anywhere: a tensor is read only if its element type
+    is a float, its dims are non-negative and it holds exactly the values they need; a chain of
+    ``Identity`` nodes is followed at most :data:`MAX_ALIAS_CHAIN` steps and a cycle refused;
+    every attribute read must be of its type. The variant comes from the features the classifier reads (1280: B0, 1408:
     B2), the classes and the multitask head from its outputs (7 or 8; 9 or 10 with valence and
     arousal); then every ``Conv`` node, in graph order, is checked against the Keras
     EfficientNet's convolution in block order (shape, groups, stride, TensorFlow "same"
@@ -722,8 +851,9 @@ def read_hsemotion_onnx(path):
         :class:`HSEmotionWeights`.
 
     Raises:
-        ValueError: a missing file, not an ONNX file, or a graph of another architecture: the
-            message names the tensor (and node) that is missing or does not fit.
+        ValueError: a missing file, not an ONNX file, a graph of another architecture or a
+            malformed one: the message names the tensor (and node) that is missing, damaged or
+            does not fit.
         ImportError: the ``onnx`` package is not installed.
 
     Example:
@@ -734,7 +864,19 @@ def read_hsemotion_onnx(path):
     ```
     """
     model, data = _load_onnx(path)
-    graph = _Graph(model, os.fspath(path))
+    try:
+        return _read_weights(model, data, os.fspath(path))
+    except ValueError:
+        raise
+    except Exception as error:  # a malformed graph that the checks do not foresee
+        raise ValueError(
+            f"{path}: the graph cannot be read ({type(error).__name__}: {error}). "
+            f"Received: path={os.fspath(path)!r}"
+        ) from None
+
+
+def _read_weights(model, data, path):
+    graph = _Graph(model, path)
     kernel, bias, tensor = _read_classifier(graph)
     features, outputs = kernel.shape
     variant = {spec.features: key for key, spec in HSEMOTION_VARIANTS.items()}.get(features)
@@ -754,7 +896,7 @@ def read_hsemotion_onnx(path):
     num_classes, multitask = heads[outputs]
     layers, sources = _read_convs(graph, variant)
     return HSEmotionWeights(
-        path=os.fspath(path),
+        path=path,
         sha256=_sha256(data),
         variant=variant,
         image_size=_image_size(graph, variant),

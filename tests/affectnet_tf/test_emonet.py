@@ -10,9 +10,11 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -422,3 +424,318 @@ def test_read_state_dict_refuses_out_of_bounds_views(tmp_path):
 def test_missing_file():
     with pytest.raises(ValueError, match="does not exist"):
         emonet.read_state_dict(os.path.join("no", "emonet_8.pth"))
+
+
+# --- untrusted files: sizes checked before anything is allocated ----------------------------
+
+
+def _text(text):
+    data = text.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _integer(value):
+    if -(2**31) <= value < 2**31:
+        return b"J" + struct.pack("<i", value)
+    size = (value.bit_length() + 8) // 8
+    return b"\x8a" + bytes([size]) + value.to_bytes(size, "little", signed=True)
+
+
+def _integers(values):
+    return b"(" + b"".join(_integer(v) for v in values) + b"t"
+
+
+_ORDERED_DICT = b"ccollections\nOrderedDict\n)R"
+
+
+def _tensor(numel=4, offset=0, size=(4,), stride=(1,), key="0", view=None, legacy=False):
+    """The pickle opcodes of one ``_rebuild_tensor_v2`` call, as torch.save writes them."""
+    pid = b"(" + _text("storage") + b"ctorch\nFloatStorage\n" + _text(key) + _text("cpu")
+    pid += _integer(numel)
+    if legacy:
+        pid += (
+            b"N"
+            if view is None
+            else b"(" + _text(view[0]) + _integer(view[1]) + _integer(view[2]) + b"t"
+        )
+    size = _integers(size) if isinstance(size, tuple) else size
+    return (
+        b"ctorch._utils\n_rebuild_tensor_v2\n("
+        + pid
+        + b"tQ"
+        + _integer(offset)
+        + size
+        + _integers(stride)
+        + b"\x89"
+        + _ORDERED_DICT
+        + b"tR"
+    )
+
+
+def _state_pickle(*entries):
+    """A state dict pickle of ``(name, tensor opcodes)`` entries."""
+    body = b"".join(_text(name) + tensor for name, tensor in entries)
+    return b"\x80\x02" + _ORDERED_DICT + b"(" + body + b"u."
+
+
+def _write_pth(path, data_pkl, storages, compression=zipfile.ZIP_STORED):
+    """A zip-format ``.pth``: ``storages`` maps each key to its bytes, or to a number of zero
+    bytes (written in chunks: the file stays small when deflated)."""
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        archive.writestr("a/data.pkl", data_pkl)
+        archive.writestr("a/byteorder", b"little")
+        for key, data in storages.items():
+            if isinstance(data, bytes):
+                archive.writestr(f"a/data/{key}", data)
+                continue
+            with archive.open(f"a/data/{key}", "w") as entry:
+                for start in range(0, data, 1 << 20):
+                    entry.write(bytes(min(1 << 20, data - start)))
+    return path
+
+
+def _patch_file_size(path, entry, size):
+    """Makes the zip headers (local and central) of ``entry`` declare ``size`` bytes."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(entry)
+    struct.pack_into("<I", data, info.header_offset + 22, size)
+    central = data.find(b"PK\x01\x02" + data[info.header_offset + 4 : info.header_offset + 6])
+    while data[central + 46 : central + 46 + len(entry)] != entry.encode():
+        central = data.find(b"PK\x01\x02", central + 4)
+    struct.pack_into("<I", data, central + 24, size)
+    path.write_bytes(bytes(data))
+
+
+def _read_with_peak_memory(path):
+    """Reads ``path`` (which must fail) and returns the error and the peak memory it took
+    (Python's and NumPy's allocations)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as error:
+            emonet.read_state_dict(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return str(error.value), peak
+
+
+_FOUR = np.arange(4, dtype=np.float32).tobytes()
+_LIMIT = 50 << 20  # bytes: the peak memory a refused file of tens of bytes may cost
+_BOMB = 64 << 20  # bytes of zeros a bomb inflates to (deflated to 65 KB)
+
+
+@pytest.mark.parametrize(
+    "storage, match",
+    [
+        (_BOMB, r"tensor 'w' \(zip entry 'a/data/0'\) declares 67108864 bytes; .* has 16"),
+        (_FOUR[:8], r"tensor 'w' \(zip entry 'a/data/0'\) declares 8 bytes; .* has 16"),
+    ],
+    ids=["larger", "smaller"],
+)
+def test_storage_entry_must_have_the_size_of_its_storage(storage, match, tmp_path):
+    path = _write_pth(
+        tmp_path / "w.pth", _state_pickle(("w", _tensor())), {"0": storage}, zipfile.ZIP_DEFLATED
+    )
+    assert path.stat().st_size < 100_000
+    message, peak = _read_with_peak_memory(path)
+    assert re.search(match, message), message
+    assert peak < _LIMIT  # the 64 MiB entry is never inflated
+
+
+def test_a_zip_header_that_lies_about_the_size_is_not_inflated(tmp_path):
+    # the pickle and the header say 16 bytes; the deflated stream holds 64 MiB
+    path = _write_pth(
+        tmp_path / "w.pth", _state_pickle(("w", _tensor())), {"0": _BOMB}, zipfile.ZIP_DEFLATED
+    )
+    _patch_file_size(path, "a/data/0", 16)
+    message, peak = _read_with_peak_memory(path)
+    assert re.search(
+        r"w.pth: the data of tensor 'w' \(zip entry 'a/data/0'\) cannot be read", message
+    )
+    assert "CRC" in message
+    assert peak < _LIMIT
+
+
+def test_a_zip_bomb_is_refused(tmp_path):
+    # an honest file: a 64 MiB tensor of zeros, deflated to 65 KB
+    numel = _BOMB // 4
+    data_pkl = _state_pickle(("w", _tensor(numel=numel, size=(numel,))))
+    path = _write_pth(tmp_path / "w.pth", data_pkl, {"0": _BOMB}, zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 100_000
+    message, peak = _read_with_peak_memory(path)
+    assert re.search(
+        r"tensor 'w' \(zip entry 'a/data/0'\) inflates \d+ bytes to 67108864.*more than "
+        rf"{emonet.MAX_INFLATION} times \(a zip bomb",
+        message,
+    ), message
+    assert peak < _LIMIT
+
+
+def test_compressed_storages_within_the_allowance_are_read(tmp_path):
+    # a re-zipped file: small zero tensors deflate a thousandfold and are still read
+    numel = (1 << 20) // 4
+    data_pkl = _state_pickle(("w", _tensor(numel=numel, size=(numel,))), ("v", _tensor(key="1")))
+    path = _write_pth(
+        tmp_path / "w.pth", data_pkl, {"0": 1 << 20, "1": _FOUR}, zipfile.ZIP_DEFLATED
+    )
+    state = emonet.read_state_dict(path)
+    assert state["w"].shape == (numel,) and not state["w"].any()
+    np.testing.assert_array_equal(state["v"], np.arange(4, dtype=np.float32))
+
+
+def test_the_pickle_size_is_capped(tmp_path):
+    path = tmp_path / "w.pth"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("a/data.pkl", "w") as entry:
+            entry.write(bytes(emonet.MAX_PICKLE_BYTES + 1))
+    message, peak = _read_with_peak_memory(path)
+    assert f"pickle 'a/data.pkl' declares {emonet.MAX_PICKLE_BYTES + 1} bytes, more than" in message
+    assert peak < _LIMIT
+
+
+@pytest.mark.parametrize(
+    "tensor, match",
+    [
+        (_tensor(offset=-1, size=(2,)), r"tensor 'w' has the storage offset -1"),
+        (_tensor(size=(-1,)), r"tensor 'w' has a negative size: \(-1,\)"),
+        (_tensor(size=(2,), stride=(-1,)), r"tensor 'w' has a negative stride: \(-1,\)"),
+        (_tensor(offset=2, size=(4,)), r"tensor 'w' reads past its storage \(6 > 4 elements\)"),
+        (
+            _tensor(size=(2**32, 2**32), stride=(0, 0)),  # 2**64 elements: int64 overflows to 0
+            r"tensor 'w' has more elements \(18446744073709551616\) than its storage \(4\)",
+        ),
+        (
+            _tensor(size=(2**62,), stride=(0,)),
+            r"tensor 'w' has more elements \(4611686018427387904",
+        ),
+        (_tensor(size=_text("ab")), r"tensor 'w' has a size that is not a tuple of integers"),
+        (_tensor(size=(1,) * 65, stride=(1,) * 65), r"tensor 'w' has 65 dimensions"),
+        (_tensor(numel=2**62), r"tensor 'w' \(zip entry 'a/data/0'\) declares 16 bytes"),
+    ],
+    ids=[
+        "negative-offset",
+        "negative-size",
+        "negative-stride",
+        "past-the-end",
+        "numel-overflow",
+        "huge-size",
+        "size-not-integers",
+        "too-many-dimensions",
+        "huge-storage",
+    ],
+)
+def test_malformed_tensors_are_refused_naming_them(tensor, match, tmp_path):
+    path = _write_pth(tmp_path / "w.pth", _state_pickle(("w", tensor)), {"0": _FOUR})
+    message, peak = _read_with_peak_memory(path)
+    assert re.search(rf"^w.pth: .*{match}", message), message
+    assert peak < _LIMIT
+
+
+def test_a_pickle_cannot_change_the_readers_objects(tmp_path):
+    # BUILD on the storage type (its dtype replaced by a string: an AttributeError once read)
+    storage_type = b"ctorch\nFloatStorage\n"
+    evil = _tensor().replace(
+        storage_type, storage_type + b"}" + _text("dtype") + _text("x") + b"sb"
+    )
+    path = _write_pth(tmp_path / "w.pth", _state_pickle(("w", evil)), {"0": _FOUR})
+    with pytest.raises(ValueError, match=r"w.pth is not a plain state dict: .*state of a Storage"):
+        emonet.read_state_dict(path)
+    # BUILD on the rebuild function: its defaults replaced for every later read in the process
+    rebuild = b"ctorch._utils\n_rebuild_tensor_v2\n"
+    slots = b"(N}" + _text("__defaults__") + b")st"
+    evil = _tensor().replace(rebuild, rebuild + slots + b"b")
+    _write_pth(tmp_path / "evil.pth", _state_pickle(("w", evil)), {"0": _FOUR})
+    with pytest.raises(ValueError, match=r"evil.pth is not a plain state dict: .*state of a"):
+        emonet.read_state_dict(tmp_path / "evil.pth")
+    good = _write_pth(tmp_path / "good.pth", _state_pickle(("w", _tensor())), {"0": _FOUR})
+    np.testing.assert_array_equal(emonet.read_state_dict(good)["w"], np.arange(4))
+
+
+def test_a_storage_declared_twice_must_agree(tmp_path):
+    data_pkl = _state_pickle(("w", _tensor()), ("v", _tensor(numel=2, size=(2,))))
+    path = _write_pth(tmp_path / "w.pth", data_pkl, {"0": _FOUR})
+    with pytest.raises(ValueError, match=r"storage '0' is declared twice, as 4 .* and as 2"):
+        emonet.read_state_dict(path)
+
+
+def _named_many_times(count, numel):
+    """A pickle of ``count`` names of one tensor (the pickle's memo: 4 bytes a name)."""
+    first = _text("w0") + _tensor(numel=numel, size=(numel,)) + b"q\x01"
+    rest = b"".join(_text(f"w{i}") + b"h\x01" for i in range(1, count))
+    return b"\x80\x02" + _ORDERED_DICT + b"(" + first + rest + b"u."
+
+
+def test_copies_of_a_shared_storage_are_capped(tmp_path):
+    # 1,100 names of one 64 KiB tensor: 70 MB of copies from a 66 KB file
+    numel = (64 << 10) // 4
+    path = _write_pth(tmp_path / "w.pth", _named_many_times(1100, numel), {"0": numel * 4})
+    message, peak = _read_with_peak_memory(path)
+    assert re.search(
+        rf"1100 tensors copy 72089600 bytes .* more than {emonet.MAX_SHARING} times", message
+    )
+    assert peak < _LIMIT
+    # tied weights (a few names of one storage) are read
+    path = _write_pth(tmp_path / "tied.pth", _named_many_times(3, 4), {"0": _FOUR})
+    state = emonet.read_state_dict(path)
+    assert list(state) == ["w0", "w1", "w2"]
+    state["w0"][0] = 7
+    assert state["w1"][0] == 0  # each a copy
+
+
+def test_the_number_of_tensors_is_capped(tmp_path):
+    path = _write_pth(
+        tmp_path / "w.pth", _named_many_times(emonet.MAX_TENSORS + 1, 4), {"0": _FOUR}
+    )
+    with pytest.raises(ValueError, match=rf"w.pth holds {emonet.MAX_TENSORS + 1} tensors, more"):
+        emonet.read_state_dict(path)
+
+
+def _write_legacy(path, data_pkl, storages):
+    """A legacy-format ``.pth``: ``storages`` is ``[(key, declared elements, bytes)]``."""
+    with open(path, "wb") as f:
+        f.write(_legacy_file(b"")[: -len(pickle.dumps([], protocol=2))])
+        f.write(data_pkl + pickle.dumps([key for key, _, _ in storages], protocol=2))
+        for _, numel, data in storages:
+            f.write(struct.pack("<q", numel) + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "data_pkl, storages, match",
+    [
+        (
+            _state_pickle(("w", _tensor(view=("v", -4, 2), size=(2,), legacy=True))),
+            [("0", 4, _FOUR)],
+            r"tensor 'w' is in a view of storage '0' at the offset -4",
+        ),
+        (
+            _state_pickle(("w", _tensor(view=("v", 3, 4), size=(1,), legacy=True))),
+            [("0", 4, _FOUR)],
+            r"tensor 'w' is in a view of storage '0' that reaches past its end",
+        ),
+        (
+            _state_pickle(("w", _tensor(numel=2**40, legacy=True))),
+            [("0", 2**40, _FOUR)],
+            r"tensor 'w' \(storage '0'\) is truncated: its 1099511627776 elements need "
+            r"4398046511104 bytes, the file has 16 left",
+        ),
+        (
+            b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"abc",  # bytes of 1 TiB, declared
+            [],
+            r"w.pth is truncated \(a pickle reads past its end\)",
+        ),
+    ],
+    ids=["negative-view-offset", "view-past-the-end", "huge-storage", "huge-pickle-string"],
+)
+def test_legacy_files_are_checked_the_same_way(data_pkl, storages, match, tmp_path):
+    path = _write_legacy(tmp_path / "w.pth", data_pkl, storages)
+    message, peak = _read_with_peak_memory(path)
+    assert re.search(match, message), message
+    assert peak < _LIMIT
+
+
+def test_legacy_views_within_their_storage_are_read(tmp_path):
+    data_pkl = _state_pickle(("w", _tensor(numel=4, view=("v", 1, 2), size=(2,), legacy=True)))
+    path = _write_legacy(tmp_path / "w.pth", data_pkl, [("0", 4, _FOUR)])
+    np.testing.assert_array_equal(emonet.read_state_dict(path)["w"], [1.0, 2.0])
