@@ -34,7 +34,7 @@ import numpy as np
 
 import crowd_layers
 from affectnet_tf import metrics
-from tfds_affectnet import _sources, labels
+from tfds_affectnet import labels, sources
 
 __all__ = [
     "TIE_BREAKS",
@@ -386,7 +386,7 @@ def _plain(value):
 # The real C25 CSVs
 
 
-def read_c25_csvs(csv_dir, sets=_sources.C25_SETS):
+def read_c25_csvs(csv_dir, sets=sources.C25_SETS):
     """The crowd answers of the C25 CSVs in ``csv_dir`` (or its ``AffectNetC25/``).
 
     Returns:
@@ -394,25 +394,25 @@ def read_c25_csvs(csv_dir, sets=_sources.C25_SETS):
         "crowd_arousal"}}, counts)``: arrays in the expression CSV's order, expression in the
         canonical order (-1 for no answer); ``counts`` the cleaned values per reason.
     """
-    paths = _sources.find_c25_csvs(str(csv_dir))
+    paths = sources.find_c25_csvs(str(csv_dir))
     if paths is None:
         expected = ", ".join(
-            _sources.c25_file_name(kind, set_name)
-            for set_name in _sources.C25_SETS
-            for kind in _sources.C25_KINDS
+            sources.c25_file_name(kind, set_name)
+            for set_name in sources.C25_SETS
+            for kind in sources.C25_KINDS
         )
         raise FileNotFoundError(
-            f"The AffectNetC25 CSVs are not in {csv_dir} (nor in {csv_dir}/{_sources.C25_DIR}); "
+            f"The AffectNetC25 CSVs are not in {csv_dir} (nor in {csv_dir}/{sources.C25_DIR}); "
             f"expected all of: {expected}"
         )
-    unknown = sorted(set(sets) - set(_sources.C25_SETS))
+    unknown = sorted(set(sets) - set(sources.C25_SETS))
     if unknown:
-        raise ValueError(f"Unknown C25 sets {unknown}; known: {list(_sources.C25_SETS)}")
+        raise ValueError(f"Unknown C25 sets {unknown}; known: {list(sources.C25_SETS)}")
     counts = collections.Counter()
     result = {}
     for set_name in sets:
-        rows = _sources.read_c25_set(
-            {kind: paths[(kind, set_name)] for kind in _sources.C25_KINDS}, counts
+        rows = sources.read_c25_set(
+            {kind: paths[(kind, set_name)] for kind in sources.C25_KINDS}, counts
         )
         result[set_name] = {
             key: np.stack([row[key] for row in rows])
@@ -424,7 +424,7 @@ def read_c25_csvs(csv_dir, sets=_sources.C25_SETS):
 
 
 def _original_labels(training_csv, file_names):
-    found, duplicates = _sources.lookup_training_rows(training_csv, file_names)
+    found, duplicates = sources.lookup_training_rows(training_csv, file_names)
     codes = np.full(len(file_names), -1, np.int64)
     missing = unreadable = 0
     for k, name in enumerate(file_names):
@@ -433,7 +433,7 @@ def _original_labels(training_csv, file_names):
             missing += 1
             continue
         try:
-            value = _sources.parse_number(row["expression"])
+            value = sources.parse_number(row["expression"])
         except ValueError:
             unreadable += 1
             continue
@@ -447,7 +447,7 @@ def _original_labels(training_csv, file_names):
 
 def csv_agreement(
     csv_dir,
-    sets=_sources.C25_SETS,
+    sets=sources.C25_SETS,
     num_classes=8,
     training_csv=None,
     tie_break="keyed",
@@ -574,7 +574,7 @@ def build_parser():
     )
     parser.add_argument("--csv-dir", required=True, help="folder of the six C25 CSVs")
     parser.add_argument(
-        "--sets", nargs="+", default=list(_sources.C25_SETS), help="sets (default: set1 set2)"
+        "--sets", nargs="+", default=list(sources.C25_SETS), help="sets (default: set1 set2)"
     )
     parser.add_argument("--num-classes", type=int, choices=(8, 7), default=8, help="(default: 8)")
     parser.add_argument(

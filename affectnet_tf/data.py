@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 
 import crowd_layers
 from affectnet_tf.images import decode_image, resize_image
-from crowd_layers._checks import check_float_answers
+from crowd_layers.checks import check_float_answers
 from tfds_affectnet import labels
 
 __all__ = [

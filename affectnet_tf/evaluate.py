@@ -39,6 +39,7 @@ from tfds_affectnet import labels
 __all__ = [
     "REPORT_DIR",
     "predict_split",
+    "image_batches",
     "compute_metrics",
     "split_agreement",
     "evaluate_model",
@@ -163,7 +164,7 @@ def _builder(options):
     )
 
 
-def _image_batches(builder, table, rows, targets, options):
+def image_batches(builder, table, rows, targets, options):
     """Batches of ``(images, targets)`` of the table's ``rows`` (a mask), read from the split.
 
     The images are decoded and resized as :func:`affectnet_tf.make_dataset` does; ``targets``
@@ -205,7 +206,7 @@ def _predict_rows(model, heads, builder, table, rows, options, targets=None, kee
         ``(truths, predictions, examples)``; ``truths["row"]`` holds each image's table row.
     """
     targets = {**(targets or {}), "row": np.arange(len(rows), dtype=np.int64)}
-    batches = _image_batches(builder, table, rows, targets, options)
+    batches = image_batches(builder, table, rows, targets, options)
     truths, predictions, examples = predict_split(model, batches, heads, keep_examples)
     order = np.argsort(truths["row"], kind="stable")
     truths = {key: value[order] for key, value in truths.items()}

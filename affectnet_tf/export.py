@@ -87,6 +87,7 @@ __all__ = [
     "read_saved_model_metadata",
     "read_tflite_metadata",
     "read_onnx_metadata",
+    "file_size",
     "run_keras",
     "run_saved_model",
     "run_tflite",
@@ -755,7 +756,7 @@ def check_images(model_dir, data="selection", count=200, image_size=None, data_d
     if rows.sum() > count:
         rows = rows & (np.cumsum(rows) <= count)
     options = dict(split=role.split, image_size=size, batch_size=64)
-    images = [batch for batch, _ in evaluate._image_batches(builder, table, rows, {}, options)]
+    images = [batch for batch, _ in evaluate.image_batches(builder, table, rows, {}, options)]
     if not images:
         raise ExportError(f"The {data} data of {roles.dataset_name} ({role}) holds no image.")
     return np.concatenate([np.asarray(batch) for batch in images])
@@ -777,7 +778,8 @@ def _default_output(model_dir, fmt, quantization=None):
     return os.path.join(folder, f"model_{quantization}.tflite")
 
 
-def _file_size(path):
+def file_size(path):
+    """Bytes of a file, or of every file under a folder (a SavedModel)."""
     if os.path.isdir(path):
         return sum(
             os.path.getsize(os.path.join(root, name))
@@ -868,7 +870,7 @@ def export_run(
             "format": fmt,
             "quantization": quantization,
             "path": os.path.abspath(path),
-            "bytes": _file_size(path),
+            "bytes": file_size(path),
             "seconds": round(seconds, 2),
             "check": None,
         }

@@ -1,6 +1,6 @@
 """The face-crop stage: MTCNN detection and face crops, in batches, on downscaled frames.
 
-The implementation lives in :mod:`tfds_affectnet._faces` because the video builders (``afew``,
+The implementation lives in :mod:`tfds_affectnet.face_crops` because the video builders (``afew``,
 ``vgaf``) crop faces with it and ``tfds_affectnet`` never imports ``affectnet_tf``; this module is
 its public home. :func:`crops_for_model` resizes crops to a model's input size the way the data
 pipeline resizes training images (:func:`affectnet_tf.images.resize_image`).
@@ -18,7 +18,7 @@ faces = cropper.process([rgb_frame])[0]  # boxes, scores, landmarks, crops
 import numpy as np
 
 from affectnet_tf.images import resize_image
-from tfds_affectnet._faces import (
+from tfds_affectnet.face_crops import (
     ALL,
     CANONICAL_LANDMARKS_112,
     LANDMARK_NAMES,

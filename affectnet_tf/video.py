@@ -1,6 +1,6 @@
 """Videos: streamed sampled frames, faces per frame in batches, and the per-video box cache.
 
-The implementation lives in :mod:`tfds_affectnet._video` (shared with the ``afew`` and ``vgaf``
+The implementation lives in :mod:`tfds_affectnet.video_frames` (shared with the ``afew`` and ``vgaf``
 builders, since ``tfds_affectnet`` never imports ``affectnet_tf``); this module is its public home.
 
 For example:
@@ -17,7 +17,7 @@ print(stats.frames_without_face, stats.frames_detected)
 ```
 """
 
-from tfds_affectnet._video import (
+from tfds_affectnet.video_frames import (
     VIDEO_EXTENSIONS,
     BoxCache,
     FaceReport,

@@ -105,7 +105,7 @@ def measure(model, folder, repeats, seed=0, calibration=None, check=None):
         throughput = len(batch) * repeats / sum(_timed(run, batch, repeats, warmup=1))
         row = {
             "format": name,
-            "bytes": export._file_size(paths[name]),
+            "bytes": export.file_size(paths[name]),
             "latency_ms": latency * 1000,
             "images_per_s": throughput,
             "top1_agreement": None,

@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 
 import crowd_layers  # noqa: E402
-from crowd_layers._checks import check_answers  # noqa: E402
+from crowd_layers.checks import check_answers  # noqa: E402
 
 DEFAULT_METHOD = crowd_layers.DEFAULT_CROWD_METHOD
 REFERENCE_LAYERS = crowd_layers.layers.CLASSIFICATION_CONN_TYPES

@@ -21,7 +21,7 @@ import krippendorff
 import numpy as np
 import scipy.sparse
 
-from crowd_layers._checks import check_answers, check_float_answers, check_long_format
+from crowd_layers.checks import check_answers, check_float_answers, check_long_format
 
 __all__ = [
     "DawidSkene",

@@ -9,6 +9,8 @@ distribution of annotator ``r``'s answers for an item of true class ``k``.
 import numpy as np
 from keras import ops, regularizers, saving
 
+from crowd_layers.checks import check_non_negative, check_positive
+
 __all__ = [
     "ConfusionTraceRegularizer",
     "ConfusionVolumeRegularizer",
@@ -18,18 +20,6 @@ __all__ = [
 ]
 
 _EPSILON = 1e-7
-
-
-def _check_non_negative(value, name):
-    if isinstance(value, bool) or not np.isfinite(value) or value < 0:
-        raise ValueError(f"`{name}` must be a finite number >= 0. Received: {name}={value!r}")
-    return float(value)
-
-
-def _check_positive(value, name):
-    if isinstance(value, bool) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
-    return float(value)
 
 
 def check_confusions(confusions, num_annotators, num_classes, name="init_confusions"):
@@ -84,8 +74,8 @@ class ConfusionVolumeRegularizer(regularizers.Regularizer):
     """
 
     def __init__(self, volume_weight=0.01, logit_scale=1.0):
-        self.volume_weight = _check_non_negative(volume_weight, "volume_weight")
-        self.logit_scale = _check_positive(logit_scale, "logit_scale")
+        self.volume_weight = check_non_negative(volume_weight, "volume_weight")
+        self.logit_scale = check_positive(logit_scale, "logit_scale")
 
     def __call__(self, logits):
         confusions = ops.softmax(logits * self.logit_scale, axis=-1)

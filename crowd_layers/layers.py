@@ -10,9 +10,9 @@ regulariser of Tanno et al. (CVPR 2019).
 import numpy as np
 from keras import initializers, layers, ops, saving
 
+from crowd_layers.checks import check_non_negative, check_positive_int
 from crowd_layers.confusions import (  # noqa: F401  (ConfusionTraceRegularizer: its old home)
     ConfusionTraceRegularizer,
-    _check_non_negative,
     check_confusions,
     confusion_regularizer,
     initial_confusion_logits,
@@ -31,12 +31,6 @@ CLASSIFICATION_CONN_TYPES = ("MW", "VW", "VB", "VW+B", "SW")
 REGRESSION_CONN_TYPES = ("S", "B", "S+B", "B+S")
 
 _EPSILON = 1e-7
-
-
-def _check_positive_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
 
 
 def _check_conn_type(conn_type, allowed):
@@ -142,8 +136,8 @@ class CrowdsClassification(_CrowdsClassificationBase):
 
     def __init__(self, num_classes, num_annotators, conn_type="MW", **kwargs):
         super().__init__(**kwargs)
-        self.num_classes = _check_positive_int(num_classes, "num_classes")
-        self.num_annotators = _check_positive_int(num_annotators, "num_annotators")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.num_annotators = check_positive_int(num_annotators, "num_annotators")
         self.conn_type = _check_conn_type(conn_type, CLASSIFICATION_CONN_TYPES)
         self.kernel = None
         self.bias = None
@@ -305,8 +299,8 @@ class CrowdsConfusion(_CrowdsClassificationBase):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_classes = _check_positive_int(num_classes, "num_classes", minimum=2)
-        self.num_annotators = _check_positive_int(num_annotators, "num_annotators")
+        self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
+        self.num_annotators = check_positive_int(num_annotators, "num_annotators")
         if not np.isfinite(trace_weight) or trace_weight < 0:
             raise ValueError(
                 f"`trace_weight` must be a finite number >= 0. Received: trace_weight={trace_weight!r}"
@@ -323,7 +317,7 @@ class CrowdsConfusion(_CrowdsClassificationBase):
                 f"`logit_scale` must be a positive number. Received: logit_scale={logit_scale!r}"
             )
         self.logit_scale = float(logit_scale)
-        self.volume_weight = _check_non_negative(volume_weight, "volume_weight")
+        self.volume_weight = check_non_negative(volume_weight, "volume_weight")
         confusion_regularizer(self.trace_weight, self.volume_weight, self.logit_scale)  # checks
         self.init_confusions = None
         if init_confusions is not None:
@@ -433,7 +427,7 @@ class CrowdsRegression(layers.Layer):
 
     def __init__(self, num_annotators, conn_type="B", **kwargs):
         super().__init__(**kwargs)
-        self.num_annotators = _check_positive_int(num_annotators, "num_annotators")
+        self.num_annotators = check_positive_int(num_annotators, "num_annotators")
         self.conn_type = _check_conn_type(conn_type, REGRESSION_CONN_TYPES)
         self.scale = None
         self.bias = None

@@ -41,6 +41,7 @@ __all__ = [
     "MaskedMultiCrossEntropy",
     "MaskedMultiMSE",
     "MaskedMultiSequenceCrossEntropy",
+    "check_reduction",
     "masked_multi_cross_entropy",
     "masked_multi_mse",
     "mean_over_observed",
@@ -83,7 +84,8 @@ def mean_over_observed(loss_sum, observed):
     return ops.divide_no_nan(per_sample * local_size * num_replicas, count)
 
 
-def _check_reduction(reduction):
+def check_reduction(reduction):
+    """``reduction`` if it is one the masked losses take; else ``ValueError`` naming it."""
     if reduction not in _REDUCTIONS:
         raise ValueError(
             "`reduction` must be 'sum_over_batch_size' (the mean over observed answers), "
@@ -233,7 +235,7 @@ class MaskedMultiCrossEntropy(losses.Loss):
         name="masked_multi_cross_entropy",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=_check_reduction(reduction), dtype=dtype)
+        super().__init__(name=name, reduction=check_reduction(reduction), dtype=dtype)
         self.from_logits = bool(from_logits)
         self.padding_label = None if padding_label is None else int(padding_label)
 
@@ -355,7 +357,7 @@ class MaskedMultiMSE(losses.Loss):
     """
 
     def __init__(self, reduction="sum_over_batch_size", name="masked_multi_mse", dtype=None):
-        super().__init__(name=name, reduction=_check_reduction(reduction), dtype=dtype)
+        super().__init__(name=name, reduction=check_reduction(reduction), dtype=dtype)
 
     def call(self, y_true, y_pred):
         return masked_multi_mse(y_true, y_pred)

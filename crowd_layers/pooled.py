@@ -27,15 +27,13 @@ import math
 import numpy as np
 from keras import initializers, layers, losses, ops, saving
 
+from crowd_layers.checks import check_non_negative, check_positive, check_positive_int
 from crowd_layers.confusions import (
-    _check_non_negative,
-    _check_positive,
     check_confusions,
     confusion_regularizer,
     initial_confusion_logits,
 )
-from crowd_layers.layers import _check_positive_int
-from crowd_layers.losses import MISSING_SENTINEL, _check_reduction, mean_over_observed
+from crowd_layers.losses import MISSING_SENTINEL, check_reduction, mean_over_observed
 
 __all__ = [
     "CrowdsGaussian",
@@ -115,17 +113,17 @@ class CrowdsPooled(layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_classes = _check_positive_int(num_classes, "num_classes", minimum=2)
-        self.num_annotators = _check_positive_int(num_annotators, "num_annotators")
+        self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
+        self.num_annotators = check_positive_int(num_annotators, "num_annotators")
         if not 1.0 / self.num_classes < init_diagonal < 1.0:
             raise ValueError(
                 f"`init_diagonal` must lie strictly between 1/num_classes={1 / self.num_classes:.4g} "
                 f"and 1. Received: init_diagonal={init_diagonal!r}"
             )
         self.init_diagonal = float(init_diagonal)
-        self.logit_scale = _check_positive(logit_scale, "logit_scale")
-        self.trace_weight = _check_non_negative(trace_weight, "trace_weight")
-        self.volume_weight = _check_non_negative(volume_weight, "volume_weight")
+        self.logit_scale = check_positive(logit_scale, "logit_scale")
+        self.trace_weight = check_non_negative(trace_weight, "trace_weight")
+        self.volume_weight = check_non_negative(volume_weight, "volume_weight")
         confusion_regularizer(self.trace_weight, self.volume_weight, self.logit_scale)  # checks
         self.init_confusions = None
         if init_confusions is not None:
@@ -293,7 +291,7 @@ class PooledCrowdLikelihood(losses.Loss):
     """
 
     def __init__(self, reduction="sum_over_batch_size", name="pooled_crowd_likelihood", dtype=None):
-        super().__init__(name=name, reduction=_check_reduction(reduction), dtype=dtype)
+        super().__init__(name=name, reduction=check_reduction(reduction), dtype=dtype)
 
     def call(self, y_true, y_pred):
         return pooled_crowd_nll(y_true, y_pred)
@@ -343,14 +341,14 @@ class CrowdsGaussian(layers.Layer):
 
     def __init__(self, num_annotators, conn_type="S+B", init_noise=0.3, min_noise=0.02, **kwargs):
         super().__init__(**kwargs)
-        self.num_annotators = _check_positive_int(num_annotators, "num_annotators")
+        self.num_annotators = check_positive_int(num_annotators, "num_annotators")
         if conn_type not in self.CONN_TYPES:
             raise ValueError(
                 f"`conn_type` must be one of {self.CONN_TYPES}. Received: conn_type={conn_type!r}"
             )
         self.conn_type = conn_type
-        self.min_noise = _check_positive(min_noise, "min_noise")
-        self.init_noise = _check_positive(init_noise, "init_noise")
+        self.min_noise = check_positive(min_noise, "min_noise")
+        self.init_noise = check_positive(init_noise, "init_noise")
         if self.init_noise <= self.min_noise:
             raise ValueError(
                 f"`init_noise` must exceed min_noise={self.min_noise}. "
@@ -496,7 +494,7 @@ class MaskedGaussianLikelihood(losses.Loss):
         name="masked_gaussian_likelihood",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=_check_reduction(reduction), dtype=dtype)
+        super().__init__(name=name, reduction=check_reduction(reduction), dtype=dtype)
         self.normalize_precision = bool(normalize_precision)
 
     def call(self, y_true, y_pred):

@@ -22,7 +22,7 @@ EM Algorithm", Applied Statistics 28(1), 1979, doi:10.2307/2346806.
 
 import numpy as np
 
-from crowd_layers._checks import check_answers
+from crowd_layers.checks import check_answers
 
 __all__ = ["CrowdsBinaryAggregator", "CrowdsCategoricalAggregator"]
 

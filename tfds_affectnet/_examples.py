@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tfds_affectnet import _generation, _images, _sources, labels
+from tfds_affectnet import _generation, _images, labels, sources
 
 __all__ = [
     "EMOTIONS8",
@@ -79,7 +79,7 @@ def label_names(label_set):
 
 def parse_expression(value):
     """AffectNet's expression code 0..10 from a number or numeric string."""
-    number = _sources.parse_number(value)
+    number = sources.parse_number(value)
     if not float(number).is_integer() or not 0 <= number <= max(labels.NON_LABEL_CODES):
         raise ValueError(f"expression code {value!r} is not an integer in 0..10")
     return int(number)
@@ -87,7 +87,7 @@ def parse_expression(value):
 
 def parse_va(value, name):
     """Valence or arousal in -1..1, or AffectNet's -2 (not annotated)."""
-    number = _sources.parse_number(value)
+    number = sources.parse_number(value)
     if number == labels.VA_MISSING:
         return float(number)
     if not np.isfinite(number) or abs(number) > 1.0 + VA_TOLERANCE:
@@ -115,7 +115,7 @@ def _parse_box(row):
 
 
 def _nan_landmarks():
-    return np.full((_sources.NUM_LANDMARKS, 2), np.nan, np.float32)
+    return np.full((sources.NUM_LANDMARKS, 2), np.nan, np.float32)
 
 
 def _decode(name, path, notes):
@@ -171,7 +171,7 @@ class AffectNetRowProcessor:
     """Turns one row of either release into an `Outcome` for the ``affectnet`` builder.
 
     Attributes:
-        release: `_sources.FULL` or `_sources.EIGHT_LABEL`.
+        release: `sources.FULL` or `sources.EIGHT_LABEL`.
         label_set: "emotions8" or "all11".
         image_size: side of the stored image.
         crop_margin: fraction of the face box added on every side (full release).
@@ -187,7 +187,7 @@ class AffectNetRowProcessor:
     annotations_dir: str = ""
 
     def __call__(self, row):
-        if self.release == _sources.FULL:
+        if self.release == sources.FULL:
             return self._full(row)
         return self._eight_label(row)
 
@@ -232,7 +232,7 @@ class AffectNetRowProcessor:
             return _generation.skipped(name, BAD_ANNOTATION, f"face box: {error}")
         notes = []
         try:
-            landmarks = _sources.parse_landmarks(row["facial_landmarks"])
+            landmarks = sources.parse_landmarks(row["facial_landmarks"])
         except ValueError:
             landmarks = None
             notes.append(_generation.Note(LANDMARKS_NAN))
@@ -247,9 +247,9 @@ class AffectNetRowProcessor:
 
     def _eight_label(self, row):
         name = row["file_name"]
-        paths = _sources.eight_label_annotation_paths(self.annotations_dir, name)
+        paths = sources.eight_label_annotation_paths(self.annotations_dir, name)
         try:
-            values = [_sources.load_npy(paths[suffix]) for suffix in ("exp", "val", "aro")]
+            values = [sources.load_npy(paths[suffix]) for suffix in ("exp", "val", "aro")]
         except tf.errors.NotFoundError as error:
             return _generation.skipped(name, MISSING_ANNOTATION, error.message)
         except ValueError as error:
@@ -259,7 +259,7 @@ class AffectNetRowProcessor:
             return outcome
         notes = []
         try:
-            landmarks = _sources.parse_landmarks(_sources.load_npy(paths["lnd"]))
+            landmarks = sources.parse_landmarks(sources.load_npy(paths["lnd"]))
         except (tf.errors.NotFoundError, ValueError):
             landmarks = None
             notes.append(_generation.Note(LANDMARKS_NAN))
@@ -276,7 +276,7 @@ class AffectNetRowProcessor:
 class C25RowProcessor:
     """Turns one joined AffectNetC25 row into an `Outcome` for the ``affectnet_c25`` builder.
 
-    A row holds the crowd answers (`_sources.read_c25_set`), "training" (its row of
+    A row holds the crowd answers (`sources.read_c25_set`), "training" (its row of
     training.csv) or "missing" (why the image is not available, for subset builds).
     """
 

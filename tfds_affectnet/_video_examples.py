@@ -5,7 +5,7 @@ sampled), and the sequence ``faces`` of face crops with their frame index, box (
 height in the original frame) and MTCNN score. A clip where no face was found is kept with an
 empty sequence and ``has_face=False``, and counted (with its name) in ``faces_<split>.json``; an
 unreadable video is skipped, counted and listed in ``skipped_<split>.tsv``
-(`_generation.SplitReport`). Boxes go into a per-video cache (`_video.BoxCache`), so a rebuild
+(`_generation.SplitReport`). Boxes go into a per-video cache (`video_frames.BoxCache`), so a rebuild
 with another crop size detects nothing.
 
 Generation is plain (no Apache Beam path): MTCNN runs on TensorFlow in the builder's process, one
@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from tfds_affectnet import _faces, _generation, _images, _video
+from tfds_affectnet import _generation, _images, face_crops, video_frames
 
 __all__ = [
     "NO_FACE",
@@ -61,10 +61,10 @@ class VideoFacesConfig(tfds.core.BuilderConfig):
     every_n: int | None = None
     fps: float | None = None
     # The detector's defaults are FaceCropper's.
-    working_size: int = _faces.FaceCropper.working_size
-    min_face_size: int = _faces.FaceCropper.min_face_size
-    thresholds: tuple[float, float, float] = _faces.FaceCropper.thresholds
-    margin: float = _faces.FaceCropper.margin
+    working_size: int = face_crops.FaceCropper.working_size
+    min_face_size: int = face_crops.FaceCropper.min_face_size
+    thresholds: tuple[float, float, float] = face_crops.FaceCropper.thresholds
+    margin: float = face_crops.FaceCropper.margin
     align: bool = False
     box_cache_dir: str = ""
 
@@ -75,10 +75,10 @@ class VideoFacesConfig(tfds.core.BuilderConfig):
         self.cropper("largest")  # validates the detector settings
 
     def sampler(self):
-        return _video.FrameSampler(every_n=self.every_n, fps=self.fps)
+        return video_frames.FrameSampler(every_n=self.every_n, fps=self.fps)
 
     def cropper(self, mode):
-        return _faces.FaceCropper(
+        return face_crops.FaceCropper(
             working_size=self.working_size,
             min_face_size=self.min_face_size,
             thresholds=tuple(self.thresholds),
@@ -118,7 +118,7 @@ def list_videos(folder):
         path = os.path.join(folder, name)
         if not os.path.isfile(path) or name.startswith("."):
             continue
-        (videos if name.lower().endswith(_video.VIDEO_EXTENSIONS) else others).append(path)
+        (videos if name.lower().endswith(video_frames.VIDEO_EXTENSIONS) else others).append(path)
     return videos, others
 
 
@@ -130,20 +130,20 @@ class ClipProcessor:
         cropper: the `FaceCropper` (mode "largest" or "all").
         sampler: the `FrameSampler`.
         cache: a `BoxCache` or None.
-        face_report: the split's `_video.FaceReport` (filled as clips are processed).
+        face_report: the split's `video_frames.FaceReport` (filled as clips are processed).
     """
 
-    cropper: _faces.FaceCropper
-    sampler: _video.FrameSampler
-    cache: _video.BoxCache | None
-    face_report: _video.FaceReport
+    cropper: face_crops.FaceCropper
+    sampler: video_frames.FrameSampler
+    cache: video_frames.BoxCache | None
+    face_report: video_frames.FaceReport
 
     def __call__(self, row):
         name = row["file_name"]
-        stats = _video.VideoStats(name=name)
+        stats = video_frames.VideoStats(name=name)
         images, frames, boxes, scores = [], [], [], []
         try:
-            for frame_faces in _video.iter_video_faces(
+            for frame_faces in video_frames.iter_video_faces(
                 row["path"], self.cropper, self.sampler, self.cache, stats
             ):
                 faces = frame_faces.faces
@@ -152,7 +152,7 @@ class ClipProcessor:
                     frames.append(frame_faces.index)
                     boxes.append(faces.boxes[i])
                     scores.append(faces.scores[i])
-        except _video.UnreadableVideoError as error:
+        except video_frames.UnreadableVideoError as error:
             self.face_report.add_unreadable(name, error)
             return _generation.skipped(name, UNREADABLE_VIDEO, str(error))
         self.face_report.add(stats)
@@ -181,14 +181,16 @@ def cache_for(config, dl_manager, dataset):
         if download_dir is None:
             return None
         folder = os.path.join(os.fspath(download_dir), "face_boxes", dataset)
-    return _video.BoxCache(folder)
+    return video_frames.BoxCache(folder)
 
 
 def generate_clips(builder, split, mode, rows, cache, extra_outcomes=()):
     """Plain generation of a video builder's clips (``mode``: ``"largest"`` or ``"all"`` faces);
     writes the skip log, report and ``faces_<split>.json``."""
     config = builder.builder_config
-    processor = ClipProcessor(config.cropper(mode), config.sampler(), cache, _video.FaceReport())
+    processor = ClipProcessor(
+        config.cropper(mode), config.sampler(), cache, video_frames.FaceReport()
+    )
     report = _generation.SplitReport(f"{builder.name}/{config.name}", split, builder.data_path)
     completed = False
     try:

@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import tfds_affectnet
-from tfds_affectnet import AffectNetConfig, _images, _sources
+from tfds_affectnet import AffectNetConfig, _images, sources
 from tfds_affectnet.affectnet import affectnet_dataset_builder
 
 SIZE = 32  # small images keep the tests fast
@@ -247,7 +247,7 @@ def test_stored_landmarks_follow_the_crop(built, full_release):
             continue
         box = (row["face_x"], row["face_y"], row["face_width"], row["face_height"])
         x0, y0, side = _images.square_box(*box, 0.1)
-        points = _sources.parse_landmarks(row["facial_landmarks"])
+        points = sources.parse_landmarks(row["facial_landmarks"])
         expected = (points - [x0, y0] + 0.5) * (SIZE / side) - 0.5
         np.testing.assert_allclose(examples[name]["landmarks"], expected, rtol=1e-5, atol=1e-4)
         # The dummy landmarks lie in the face box, hence inside the stored image.
@@ -381,7 +381,7 @@ def test_box_exceeding_the_image_is_clipped_and_counted(damaged_full):
     np.testing.assert_array_equal(stored["image"], expected)
     assert np.abs(stored["image"].astype(int) - unclipped.astype(int)).mean() > 40
     x0, y0, side = _images.square_box(*clipped, 0.1)
-    points = _sources.parse_landmarks(row["facial_landmarks"])
+    points = sources.parse_landmarks(row["facial_landmarks"])
     np.testing.assert_allclose(
         stored["landmarks"], (points - [x0, y0] + 0.5) * (SIZE / side) - 0.5, atol=1e-4
     )

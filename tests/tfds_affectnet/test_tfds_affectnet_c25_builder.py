@@ -21,12 +21,12 @@ from test_tfds_affectnet_builder import (
     read_rgb,
 )
 
-from tfds_affectnet import AffectNetC25Config, _sources
+from tfds_affectnet import AffectNetC25Config, sources
 from tfds_affectnet.affectnet_c25 import affectnet_c25_dataset_builder
 
 SIZE = 32
 PARTICIPANTS = [f"participant{i}" for i in range(25)]
-CSV_KEYS = [(kind, s) for kind in _sources.C25_KINDS for s in _sources.C25_SETS]
+CSV_KEYS = [(kind, s) for kind in sources.C25_KINDS for s in sources.C25_SETS]
 
 
 def _drop_two_images(root):
@@ -69,7 +69,7 @@ class AffectNetC25DownloadTest(DummyDataMixin, tfds.testing.DatasetBuilderTestCa
     def _download_and_prepare_as_dataset(self, builder):
         super()._download_and_prepare_as_dataset(builder)
         # The six URLs went through dl_manager.download (checked against checksums.tsv).
-        assert self._download_urls == {_sources.c25_url(kind, s) for kind, s in CSV_KEYS}
+        assert self._download_urls == {sources.c25_url(kind, s) for kind, s in CSV_KEYS}
 
 
 class AffectNetC25SubsetTest(DummyDataMixin, tfds.testing.DatasetBuilderTestCase):
@@ -91,7 +91,7 @@ class AffectNetC25SubsetTest(DummyDataMixin, tfds.testing.DatasetBuilderTestCase
 def test_checksums_cover_every_csv_url():
     url_infos = affectnet_c25_dataset_builder.Builder.url_infos
     for kind, s in CSV_KEYS:
-        url = _sources.c25_url(kind, s)
+        url = sources.c25_url(kind, s)
         assert url == (
             "https://raw.githubusercontent.com/kdoodoo/affectnetc25/main/AffectNetC25/"
             f"{kind}_{s}_C25.csv"
@@ -244,13 +244,13 @@ def test_real_csvs_downloaded_joined_and_remapped(c25_csv_dir, tmp_path, monkeyp
     names in another order, so ``affectnet_index`` comes from the C25 CSV (the join is by name).
     """
     frames = {key: pd.read_csv(c25_csv_dir / f"{key[0]}_{key[1]}_C25.csv") for key in CSV_KEYS}
-    names = [n for s in _sources.C25_SETS for n in frames[("expression", s)]["filename"]]
+    names = [n for s in sources.C25_SETS for n in frames[("expression", s)]["filename"]]
     manual = tmp_path / "manual"
     make_dummy_data.make_full_release_for_names(manual, sorted(names), size=20)
     _serve_from(c25_csv_dir, monkeypatch)
     builder = _build(AffectNetC25Config(name="real", image_size=16), manual, tmp_path / "data")
     ties = {}
-    for s in _sources.C25_SETS:
+    for s in sources.C25_SETS:
         examples = _examples(builder, s)
         expression = frames[("expression", s)]
         assert len(examples) == len(expression) == 800
@@ -290,7 +290,7 @@ def test_mid_stream_corrupt_jpeg_and_bad_boxes_share_the_affectnet_path(tmp_path
     builder = _build(AffectNetC25Config(name="d", image_size=SIZE), tmp_path / "manual", tmp_path)
     logs = {
         s: pd.read_csv(builder.data_path / f"skipped_{s}.tsv", sep="\t", dtype=str)
-        for s in _sources.C25_SETS
+        for s in sources.C25_SETS
     }
     assert dict(zip(logs["set1"]["file_name"], logs["set1"]["reason"])) == {
         names[2]: CORRUPT_MID_STREAM,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import tensorflow_datasets as tfds
 
-from tfds_affectnet import AffectNetConfig, _generation, _sources
+from tfds_affectnet import AffectNetConfig, _generation, sources
 from tfds_affectnet.affectnet import affectnet_dataset_builder
 
 
@@ -93,11 +93,11 @@ def test_beam_branch_work_items_give_the_plain_rows(tmp_path, monkeypatch, relea
     beam_rows = [row for item in captured["items"] for row in captured["expand"](item)]
     if release == "full":
         plain_rows = list(
-            _sources.iter_full_rows(f"{tmp_path}/{_sources.FULL_LISTS_DIR}/training.csv")
+            sources.iter_full_rows(f"{tmp_path}/{sources.FULL_LISTS_DIR}/training.csv")
         )
     else:
-        plain_rows, _ = _sources.list_eight_label_rows(
-            *_sources.eight_label_paths(tmp_path)["train"]
+        plain_rows, _ = sources.list_eight_label_rows(
+            *sources.eight_label_paths(tmp_path)["train"]
         )
         assert [o.reason for o in captured["extra"]] == ["annotation without image"]
     assert beam_rows == plain_rows

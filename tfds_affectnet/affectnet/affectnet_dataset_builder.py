@@ -6,7 +6,7 @@ import functools
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_affectnet import _examples, _generation, _sources
+from tfds_affectnet import _examples, _generation, sources
 
 __all__ = ["AffectNetConfig", "Builder"]
 
@@ -33,7 +33,7 @@ the counts in report_<split>.json). A face box that extends past the image is cl
 examples are counted and listed in notes_<split>.tsv.
 """
 
-_CITATION = _sources.AFFECTNET_CITATION
+_CITATION = sources.AFFECTNET_CITATION
 
 _HOMEPAGE = "http://mohammadmahoor.com/affectnet/"
 # Rows per Beam work item (a slice of training.csv read on one worker).
@@ -75,7 +75,7 @@ class AffectNetConfig(tfds.core.BuilderConfig):
             raise ValueError(
                 f"`crop_margin` must be >= 0. Received: crop_margin={self.crop_margin}"
             )
-        if self.release not in ("auto",) + _sources.RELEASES:
+        if self.release not in ("auto",) + sources.RELEASES:
             raise ValueError(
                 "`release` must be 'auto', 'full' or 'eight_label'. "
                 f"Received: release={self.release!r}"
@@ -141,7 +141,7 @@ When both are present the full release is used (config field `release` chooses).
                     "valence": tfds.features.Scalar(dtype=np.float32),
                     "arousal": tfds.features.Scalar(dtype=np.float32),
                     "landmarks": tfds.features.Tensor(
-                        shape=(_sources.NUM_LANDMARKS, 2), dtype=np.float32
+                        shape=(sources.NUM_LANDMARKS, 2), dtype=np.float32
                     ),
                     "file_name": tfds.features.Text(),
                 }
@@ -154,11 +154,11 @@ When both are present the full release is used (config field `release` chooses).
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         """Detects the release (failing before any generation) and returns one generator per split."""
         manual_dir = str(dl_manager.manual_dir)
-        release = _sources.detect_release(manual_dir, self.builder_config.release)
+        release = sources.detect_release(manual_dir, self.builder_config.release)
         print(f"affectnet: reading the {release} release from {manual_dir}", flush=True)
         return {
             split: self._generate_examples(release=release, split=split, manual_dir=manual_dir)
-            for split in _sources.SPLITS
+            for split in sources.SPLITS
         }
 
     def _generate_examples(self, release, split, manual_dir):
@@ -166,21 +166,19 @@ When both are present the full release is used (config field `release` chooses).
         config = self.builder_config
         dataset = f"{self.name}/{config.name}"
         log_dir = self.data_path
-        if release == _sources.FULL:
-            paths = _sources.full_release_paths(manual_dir)
+        if release == sources.FULL:
+            paths = sources.full_release_paths(manual_dir)
             process = _examples.AffectNetRowProcessor(
                 release, config.label_set, config.image_size, config.crop_margin, paths["images"]
             )
             if self._use_beam:
-                chunks = _sources.row_chunks(
-                    _sources.count_csv_rows(paths[split]), _BEAM_CHUNK_ROWS
-                )
-                expand = functools.partial(_sources.read_full_chunk, paths[split])
+                chunks = sources.row_chunks(sources.count_csv_rows(paths[split]), _BEAM_CHUNK_ROWS)
+                expand = functools.partial(sources.read_full_chunk, paths[split])
                 return _generation.beam_generate(chunks, expand, process, log_dir, dataset, split)
-            rows = _sources.iter_full_rows(paths[split])
+            rows = sources.iter_full_rows(paths[split])
             extra = ()
         else:
-            images_dir, annotations_dir = _sources.eight_label_paths(manual_dir)[split]
+            images_dir, annotations_dir = sources.eight_label_paths(manual_dir)[split]
             process = _examples.AffectNetRowProcessor(
                 release,
                 config.label_set,
@@ -189,15 +187,15 @@ When both are present the full release is used (config field `release` chooses).
                 images_dir,
                 annotations_dir,
             )
-            rows, orphans = _sources.list_eight_label_rows(images_dir, annotations_dir)
+            rows, orphans = sources.list_eight_label_rows(images_dir, annotations_dir)
             extra = [
                 _generation.skipped(f"{orphan}_exp.npy", "annotation without image")
                 for orphan in orphans
             ]
             if self._use_beam:
                 return _generation.beam_generate(
-                    _sources.batches(rows, _BEAM_BATCH_ROWS),
-                    _sources.identity,
+                    sources.batches(rows, _BEAM_BATCH_ROWS),
+                    sources.identity,
                     process,
                     log_dir,
                     dataset,

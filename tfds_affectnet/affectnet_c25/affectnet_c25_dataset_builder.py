@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from tfds_affectnet import _examples, _generation, _sources
+from tfds_affectnet import _examples, _generation, sources
 
 __all__ = ["AffectNetC25Config", "Builder"]
 
@@ -38,7 +38,7 @@ _CITATION = (
   howpublished = {\\url{https://github.com/kdoodoo/affectnetc25}},
 }
 """
-    + _sources.AFFECTNET_CITATION
+    + sources.AFFECTNET_CITATION
 )
 
 _HOMEPAGE = "https://github.com/kdoodoo/affectnetc25"
@@ -116,7 +116,7 @@ against checksums.tsv.
             description=_DESCRIPTION,
             features=tfds.features.FeaturesDict(
                 _examples.crowd_features(
-                    self.builder_config.image_size, _sources.C25_NUM_PARTICIPANTS
+                    self.builder_config.image_size, sources.C25_NUM_PARTICIPANTS
                 )
             ),
             supervised_keys=("image", "crowd_expression"),
@@ -127,30 +127,30 @@ against checksums.tsv.
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         """Reads the CSVs, joins them to training.csv and checks every image before generating."""
         manual_dir = str(dl_manager.manual_dir)
-        full = _sources.full_release_paths(manual_dir)
+        full = sources.full_release_paths(manual_dir)
         if not (tf.io.gfile.exists(full["train"]) and tf.io.gfile.isdir(full["images"])):
             raise FileNotFoundError(
                 "affectnet_c25 needs the full AffectNet release in the manual folder:\n"
                 f"    {full['train']}\n    {full['images']}/<subDirectory>/<file name>\n"
                 "(the 8-label release renamed the images and cannot be joined).\n\n"
-                + _sources.expected_layout_message(manual_dir)
+                + sources.expected_layout_message(manual_dir)
             )
-        csv_paths = _sources.find_c25_csvs(manual_dir)
+        csv_paths = sources.find_c25_csvs(manual_dir)
         if csv_paths is None:
-            keys = [(kind, s) for kind in _sources.C25_KINDS for s in _sources.C25_SETS]
+            keys = [(kind, s) for kind in sources.C25_KINDS for s in sources.C25_SETS]
             downloaded = dl_manager.download(
-                {f"{kind}_{s}": _sources.c25_url(kind, s) for kind, s in keys}
+                {f"{kind}_{s}": sources.c25_url(kind, s) for kind, s in keys}
             )
             csv_paths = {(kind, s): str(downloaded[f"{kind}_{s}"]) for kind, s in keys}
-        notes = {s: collections.Counter() for s in _sources.C25_SETS}
+        notes = {s: collections.Counter() for s in sources.C25_SETS}
         sets = {
-            s: _sources.read_c25_set(
-                {kind: csv_paths[(kind, s)] for kind in _sources.C25_KINDS}, notes[s]
+            s: sources.read_c25_set(
+                {kind: csv_paths[(kind, s)] for kind in sources.C25_KINDS}, notes[s]
             )
-            for s in _sources.C25_SETS
+            for s in sources.C25_SETS
         }
         names = [row["file_name"] for rows in sets.values() for row in rows]
-        found, duplicates = _sources.lookup_training_rows(full["train"], names)
+        found, duplicates = sources.lookup_training_rows(full["train"], names)
         if duplicates:
             print(
                 f"affectnet_c25: {duplicates} rows of training.csv repeat a file name of "
@@ -197,7 +197,7 @@ against checksums.tsv.
             s: self._generate_examples(
                 rows=sets[s], split=s, images_dir=full["images"], notes=notes[s]
             )
-            for s in _sources.C25_SETS
+            for s in sources.C25_SETS
         }
 
     def _generate_examples(self, rows, split, images_dir, notes):
@@ -207,7 +207,7 @@ against checksums.tsv.
         process = _examples.C25RowProcessor(images_dir, config.image_size, config.crop_margin)
         if self._use_beam:
             return _generation.beam_generate(
-                [[row] for row in rows], _sources.identity, process, self.data_path, dataset, split
+                [[row] for row in rows], sources.identity, process, self.data_path, dataset, split
             )
         report = _generation.SplitReport(dataset, split, self.data_path)
         report.notes.update(notes)

@@ -6,7 +6,7 @@ import re
 
 import tensorflow_datasets as tfds
 
-from tfds_affectnet import _generation, _video, _video_examples
+from tfds_affectnet import _generation, _video_examples, video_frames
 
 __all__ = ["VGAF_CLASS_NAMES", "SPLITS", "VgafConfig", "Builder", "read_vgaf_labels"]
 
@@ -80,7 +80,7 @@ def read_vgaf_labels(path):
                 ) from None
             name = (
                 os.path.splitext(parts[0])[0]
-                if parts[0].lower().endswith(_video.VIDEO_EXTENSIONS)
+                if parts[0].lower().endswith(video_frames.VIDEO_EXTENSIONS)
                 else parts[0]
             )
             if name in result:

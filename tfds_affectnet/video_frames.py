@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from absl import logging
 
-from tfds_affectnet import _faces
+from tfds_affectnet import face_crops
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -117,7 +117,7 @@ class FrameFaces(NamedTuple):
     """The faces of one sampled frame (``index`` counts every frame of the video from 0)."""
 
     index: int
-    faces: _faces.Faces
+    faces: face_crops.Faces
     frame: np.ndarray | None = None
 
 
@@ -215,7 +215,7 @@ class BoxCache:
         result = {}
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         for frame, start, end in zip(frames.tolist(), offsets[:-1], offsets[1:]):
-            result[int(frame)] = _faces.Detections(
+            result[int(frame)] = face_crops.Detections(
                 boxes[start:end], scores[start:end], landmarks[start:end]
             )
         return result
@@ -226,7 +226,7 @@ class BoxCache:
         path = self.path(video_path, settings)
         frames = sorted(detections)
         found = [detections[f] for f in frames]
-        empty = _faces.empty_detections()
+        empty = face_crops.empty_detections()
         temporary = f"{path}.{os.getpid()}.tmp.npz"
         np.savez(
             temporary,
@@ -284,7 +284,7 @@ def iter_video_faces(
                 faces = cropper.process([frame], [detections])[0]
             else:
                 size = int(cropper.crop_size)
-                faces = _faces.Faces(*detections, np.zeros((0, size, size, 3), np.uint8))
+                faces = face_crops.Faces(*detections, np.zeros((0, size, size, 3), np.uint8))
             stats.faces += len(faces)
             stats.frames_without_face += len(faces) == 0
             yield FrameFaces(index, faces, frame if keep_frames else None)

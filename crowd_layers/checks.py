@@ -1,8 +1,15 @@
-"""Input checks shared by the aggregators and the layers' helpers (NumPy side)."""
+"""Input checks shared by the aggregators, the layers and the losses (NumPy side)."""
 
 import numpy as np
 
-__all__ = ["check_answers", "check_long_format", "check_float_answers"]
+__all__ = [
+    "check_answers",
+    "check_long_format",
+    "check_float_answers",
+    "check_non_negative",
+    "check_positive",
+    "check_positive_int",
+]
 
 
 def check_answers(answers, num_classes=None, name="answers"):
@@ -107,3 +114,24 @@ def check_float_answers(answers, name="answers"):
     if np.any(np.isinf(array)):
         raise ValueError(f"`{name}` must not contain infinite values.")
     return array
+
+
+def check_non_negative(value, name):
+    """A finite number >= 0, as a float; else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0. Received: {name}={value!r}")
+    return float(value)
+
+
+def check_positive(value, name):
+    """A finite number > 0, as a float; else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
+    return float(value)
+
+
+def check_positive_int(value, name, minimum=1):
+    """An integer >= ``minimum`` (not a bool), as an int; else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+    return int(value)
