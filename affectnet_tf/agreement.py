@@ -34,6 +34,7 @@ import numpy as np
 
 import crowd_layers
 from affectnet_tf import metrics
+from affectnet_tf.files import json_ready
 from tfds_affectnet import labels, sources
 
 __all__ = [
@@ -366,20 +367,7 @@ def annotator_agreement(
                 float(np.mean(annotators < accuracy)) if len(annotators) else None
             )
     result["summary"] = summary
-    return _plain(result)
-
-
-def _plain(value):
-    """Python floats (NaN as None) for JSON."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return None if not np.isfinite(value) else float(value)
-    return value
+    return json_ready(result)
 
 
 # ---------------------------------------------------------------------------------------------

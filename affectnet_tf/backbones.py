@@ -29,6 +29,7 @@ __all__ = [
     "get_backbone_spec",
     "build_backbone",
     "compact_cnn",
+    "import_function",
 ]
 
 # mode -> (scale applied to 0..255 RGB, per-channel offset after scaling, BGR order)
@@ -215,9 +216,9 @@ def build_backbone(name, weights="imagenet", image_size=None):
                 f"{name!r} takes images of at least {spec.min_size}x{spec.min_size}. "
                 f"Received: image_size={size}"
             )
-        backbone = _import_function(spec.builder)(image_size=size, name=name)
+        backbone = import_function(spec.builder)(image_size=size, name=name)
         if weights is not None:
-            _import_function(spec.weights_loader)(backbone, _check_weights_path(weights))
+            import_function(spec.weights_loader)(backbone, _check_weights_path(weights))
         return backbone, spec
     if spec.constructor is None:
         backbone = compact_cnn(
@@ -246,7 +247,7 @@ def build_backbone(name, weights="imagenet", image_size=None):
     return backbone, spec
 
 
-def _import_function(reference):
+def import_function(reference):
     """The function named by ``"module:function"``."""
     import importlib
 

@@ -50,7 +50,7 @@ def convert(family, weights, output=None):
         ValueError: an unknown family, a file that is missing or of another architecture (the
             message names the tensor).
     """
-    import importlib
+    from affectnet_tf.backbones import import_function
 
     if family not in FAMILIES:
         raise ValueError(f"`family` must be one of {tuple(FAMILIES)}. Received: family={family!r}")
@@ -59,8 +59,7 @@ def convert(family, weights, output=None):
         raise ValueError(f"The weights file {weights} does not exist.")
     if output is not None and not os.fspath(output).endswith(".keras"):
         raise ValueError(f"`output` must be a .keras file. Received: output={output!r}")
-    module, _, function = FAMILIES[family].partition(":")
-    model = getattr(importlib.import_module(module), function)(weights)
+    model = import_function(FAMILIES[family])(weights)
     if output is not None:
         folder = os.path.dirname(os.path.abspath(output))
         os.makedirs(folder, exist_ok=True)

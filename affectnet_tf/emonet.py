@@ -35,7 +35,6 @@ redistribution of derivatives, which a converted model is.
 
 import collections
 import functools
-import hashlib
 import io
 import math
 import os
@@ -50,6 +49,7 @@ import numpy as np
 from keras import ops
 
 from affectnet_tf.backbones import ImagePreprocessing, ModelMetadata
+from affectnet_tf.files import file_sha256
 from affectnet_tf.images import RESIZE_METHOD
 from affectnet_tf.version import __version__
 from tfds_affectnet import labels
@@ -394,26 +394,6 @@ def _assign(backbone, state):
 # The prediction model
 
 
-def _canonical_order(class_names):
-    """Indices that put ``class_names`` (a model's output order) into the package's order."""
-    unknown = [n for n in class_names if n not in labels.EXPRESSION_NAMES]
-    if unknown or len(set(class_names)) != len(class_names):
-        raise ValueError(
-            f"`class_names` must be distinct names of {labels.EXPRESSION_NAMES}. "
-            f"Received: class_names={tuple(class_names)!r}"
-        )
-    canonical = [n for n in labels.EXPRESSION_NAMES if n in class_names]
-    return [list(class_names).index(n) for n in canonical], canonical
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert_emonet(source, class_names=None):
     """Converts EmoNet's published weights into the package's prediction model.
 
@@ -468,7 +448,7 @@ def convert_emonet(source, class_names=None):
             f"`class_names` must name the {num_classes} expressions of {where}. "
             f"Received: class_names={tuple(class_names)!r}"
         )
-    order, canonical = _canonical_order(class_names)
+    order, canonical = labels.canonical_order(class_names)
     _check_state(state, emonet_tensor_shapes(num_classes), where)
 
     backbone = emonet_backbone(IMAGE_SIZE, name="emonet")
@@ -476,7 +456,7 @@ def convert_emonet(source, class_names=None):
 
     source_info = {"family": "emonet", "file": None, "sha256": None}
     if not isinstance(source, collections.abc.Mapping):
-        source_info.update(file=os.path.basename(os.fspath(source)), sha256=_sha256(source))
+        source_info.update(file=os.path.basename(os.fspath(source)), sha256=file_sha256(source))
     source_info.update(licence=LICENCE, reference=REFERENCE)
     heads = ["expression", "valence", "arousal"]
     info = {

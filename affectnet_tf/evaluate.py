@@ -31,7 +31,7 @@ import tensorflow_datasets as tfds
 
 from affectnet_tf import agreement, data, metrics, models, reports
 from affectnet_tf.config import DEFAULTS, RunConfig, data_roles, eval_targets, load_config
-from affectnet_tf.files import write_json
+from affectnet_tf.files import json_ready, write_json
 from affectnet_tf.images import decode_image, resize_image
 from affectnet_tf.run_folder import ROLES_KEY
 from tfds_affectnet import labels
@@ -571,7 +571,7 @@ def evaluate_model(
     if agreement_result is not None:
         record["agreement"] = agreement_result
     os.makedirs(output_dir, exist_ok=True)
-    write_json(os.path.join(output_dir, "metrics.json"), _json_ready(record))
+    write_json(os.path.join(output_dir, "metrics.json"), json_ready(record))
     if report:
         title = f"Evaluation of {metadata.get('backbone', model.name)}"
         if options:
@@ -592,18 +592,6 @@ def evaluate_model(
         )
         built.save(os.path.join(output_dir, REPORT_DIR))
     return result
-
-
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return None if not np.isfinite(value) else float(value)
-    return value
 
 
 def evaluate_run(
@@ -764,7 +752,7 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(_json_ready(result), indent=2))
+    print(json.dumps(json_ready(result), indent=2))
     return 0
 
 

@@ -15,12 +15,15 @@ import json
 import os
 import secrets
 
+import numpy as np
+
 __all__ = [
     "PARTIAL_PREFIX",
     "write_atomically",
     "atomic_open",
     "write_json",
     "file_sha256",
+    "json_ready",
     "remove_partial_files",
 ]
 
@@ -100,6 +103,22 @@ def write_json(path, value, indent=2):
         json.dump(value, stream, indent=indent)
         stream.write("\n")
     return os.fspath(path)
+
+
+def json_ready(value):
+    """``value`` with NumPy numbers as Python ones, tuples as lists and non-finite floats as
+    None (JSON's null), through dicts and lists: what JSON and YAML files can hold."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return None if not np.isfinite(value) else float(value)
+    return value
 
 
 def file_sha256(path, chunk_size=1 << 20):

@@ -567,10 +567,6 @@ def _check_tensor(tensor, what, name):
         )
 
 
-def _sha256(data):
-    return hashlib.sha256(data).hexdigest()
-
-
 def _load_onnx(path):
     """``(onnx.ModelProto, bytes)`` of a file, parsed only (no external data, nothing run)."""
     try:
@@ -897,7 +893,7 @@ def _read_weights(model, data, path):
     layers, sources = _read_convs(graph, variant)
     return HSEmotionWeights(
         path=path,
-        sha256=_sha256(data),
+        sha256=hashlib.sha256(data).hexdigest(),
         variant=variant,
         image_size=_image_size(graph, variant),
         num_classes=num_classes,
@@ -964,13 +960,6 @@ def load_backbone_weights(backbone, path):
     return weights
 
 
-def _canonical_order(num_classes):
-    """``(order, names)``: HSEmotion's output index of each class in the package's order."""
-    names = HSEMOTION_CLASS_NAMES[num_classes]
-    canonical = list(labels.expression_names(num_classes))
-    return [names.index(name) for name in canonical], canonical
-
-
 def _published(file_name, weights):
     """The published figures of a released file, known by its name (``None`` otherwise)."""
     stem = os.path.splitext(file_name)[0]
@@ -1026,7 +1015,7 @@ def convert_hsemotion(path):
     size = weights.image_size
     backbone = hsemotion_backbone(weights.variant, size, name=spec.backbone)
     load_backbone_weights(backbone, weights)
-    order, canonical = _canonical_order(weights.num_classes)
+    order, canonical = labels.canonical_order(HSEMOTION_CLASS_NAMES[weights.num_classes])
     heads = ["expression", "valence", "arousal"] if weights.multitask else ["expression"]
     task = "all" if weights.multitask else "exp"
     file_name = os.path.basename(weights.path)

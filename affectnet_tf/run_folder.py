@@ -23,12 +23,11 @@ import re
 import shutil
 import tempfile
 
-import numpy as np
 import yaml
 
 from affectnet_tf.backups import DamagedRunError
 from affectnet_tf.config import config_differences, load_config
-from affectnet_tf.files import atomic_open, remove_partial_files
+from affectnet_tf.files import atomic_open, json_ready, remove_partial_files
 
 __all__ = [
     "RunFolder",
@@ -92,19 +91,11 @@ def check_run_config(path):
         raise DamagedRunError(f"{path} is damaged ({error}). {recovery}") from error
 
 
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def write_run_config(folder, config, roles_record=None):
     """Writes ``config.yaml``: every setting, then the images of each role."""
-    record = _plain(config.to_dict())
+    record = json_ready(config.to_dict())
     if roles_record is not None:
-        record[ROLES_KEY] = _plain(roles_record)
+        record[ROLES_KEY] = json_ready(roles_record)
     text = (_HEADER + yaml.safe_dump(record, sort_keys=False)).encode("utf-8")
     with atomic_open(os.path.join(folder, "config.yaml"), "wb") as stream:
         stream.write(text)

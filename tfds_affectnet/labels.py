@@ -41,6 +41,7 @@ __all__ = [
     "CONTEMPT",
     "NEUTRAL",
     "expression_names",
+    "canonical_order",
     "c25_to_affectnet",
     "affectnet_to_c25",
     "to_seven_classes",
@@ -76,6 +77,20 @@ def expression_names(num_classes=8):
     if num_classes == 11:
         return ALL_CATEGORY_NAMES
     raise ValueError(f"`num_classes` must be 8, 7 or 11. Received: num_classes={num_classes}")
+
+
+def canonical_order(class_names):
+    """``(order, names)``: the indices that put ``class_names`` (a model's outputs, in its own
+    order) into the package's order, and those names in that order. Raises ``ValueError`` on a
+    name that is not an expression of :data:`EXPRESSION_NAMES` or a repeated one."""
+    unknown = [n for n in class_names if n not in EXPRESSION_NAMES]
+    if unknown or len(set(class_names)) != len(class_names):
+        raise ValueError(
+            f"`class_names` must be distinct names of {EXPRESSION_NAMES}. "
+            f"Received: class_names={tuple(class_names)!r}"
+        )
+    canonical = [n for n in EXPRESSION_NAMES if n in class_names]
+    return [list(class_names).index(n) for n in canonical], canonical
 
 
 def _as_int_codes(codes, name):
