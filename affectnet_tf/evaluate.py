@@ -30,10 +30,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from affectnet_tf import agreement, data, metrics, models, reports
-from affectnet_tf.config import DEFAULTS, RunConfig, data_roles, eval_targets, load_config
+from affectnet_tf.config import RunConfig, data_roles, eval_targets
 from affectnet_tf.files import json_ready, write_json
 from affectnet_tf.images import decode_image, resize_image
-from affectnet_tf.run_folder import ROLES_KEY
+from affectnet_tf.run_folder import load_run
 from tfds_affectnet import labels
 
 __all__ = [
@@ -620,23 +620,14 @@ def evaluate_run(
         The per-head metrics; ``metrics.json`` and ``report/`` are written to ``output_dir``
         (default: the run folder).
     """
-    model_dir = os.path.abspath(model_dir)
     if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"The run folder {model_dir} does not exist.")
-    model_path = os.path.join(model_dir, "model.keras")
-    if not os.path.exists(model_path):
-        raise FileNotFoundError(
-            f"No trained model in the run folder: {model_path} does not exist (an unfinished run?)."
-        )
-    config_path = os.path.join(model_dir, "config.yaml")
-    saved = load_config(config_path) if os.path.exists(config_path) else {}
-    saved_roles = saved.pop(ROLES_KEY, None)
-    settings = saved
-    unknown = sorted(set(settings) - set(DEFAULTS))
-    if unknown:
-        print(f"Ignoring settings of an older version in {config_path}: {unknown}")
-    settings = {key: value for key, value in settings.items() if key in DEFAULTS}
-    model = models.load_model(model_path)
+        raise FileNotFoundError(f"The run folder {os.path.abspath(model_dir)} does not exist.")
+    run = load_run(model_dir)
+    model_dir = run.folder
+    saved_roles, settings = run.roles, dict(run.settings)
+    if run.ignored:
+        print(f"Ignoring settings of an older version in {run.config_path}: {list(run.ignored)}")
+    model = run.load_model()
     metadata = models.model_metadata(model)
     if num_classes is not None and int(num_classes) != int(metadata["num_classes"]):
         raise ValueError(

@@ -715,20 +715,18 @@ def check_images(model_dir, data="selection", count=200, image_size=None, data_d
     """
     from affectnet_tf import data as data_module
     from affectnet_tf import evaluate
-    from affectnet_tf.config import DEFAULTS, RunConfig, data_roles, load_config
-    from affectnet_tf.run_folder import ROLES_KEY
+    from affectnet_tf.config import RunConfig, data_roles
+    from affectnet_tf.run_folder import load_run
 
     if os.path.isdir(os.fspath(data)):
         return _folder_images(os.fspath(data), count, image_size)
-    config_path = os.path.join(os.fspath(model_dir), "config.yaml")
-    if not os.path.isfile(config_path):
+    run = load_run(model_dir)
+    if not os.path.isfile(run.config_path):
         raise ExportError(
-            f"{config_path} does not exist, so the run's data is unknown: give a folder of "
+            f"{run.config_path} does not exist, so the run's data is unknown: give a folder of "
             f"images instead of {data!r}."
         )
-    settings = load_config(config_path)
-    settings.pop(ROLES_KEY, None)
-    settings = {key: value for key, value in settings.items() if key in DEFAULTS}
+    settings = dict(run.settings)
     if data_dir is not None:
         settings["data_dir"] = data_dir
     config = RunConfig.from_dict({**settings, "output_dir": os.fspath(model_dir)})

@@ -40,7 +40,8 @@ import numpy as np
 from affectnet_tf import faces as faces_module
 from affectnet_tf import video as video_module
 from affectnet_tf.images import load_image_file
-from affectnet_tf.models import load_model, model_metadata
+from affectnet_tf.models import model_metadata
+from affectnet_tf.run_folder import load_run
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -71,16 +72,9 @@ RECORD_KEYS = (
 
 
 def load_run_model(model_dir):
-    """The prediction model of a run folder (``<model_dir>/model.keras``, or that file)."""
-    path = os.fspath(model_dir)
-    if os.path.isdir(path):
-        path = os.path.join(path, "model.keras")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"No model.keras in the run folder: {path} does not exist. "
-            f"Received: model_dir={os.fspath(model_dir)!r}"
-        )
-    return load_model(path)
+    """The prediction model of a run folder (``<model_dir>/model.keras``, or that file):
+    :func:`affectnet_tf.run_folder.load_run`'s ``load_model()``."""
+    return load_run(model_dir).load_model()
 
 
 def _float(value):

@@ -26,10 +26,12 @@ import tempfile
 import yaml
 
 from affectnet_tf.backups import DamagedRunError
-from affectnet_tf.config import config_differences, load_config
+from affectnet_tf.config import DEFAULTS, config_differences, load_config
 from affectnet_tf.files import atomic_open, json_ready, remove_partial_files
 
 __all__ = [
+    "SavedRun",
+    "load_run",
     "RunFolder",
     "prepare_run_folder",
     "read_run_config",
@@ -57,6 +59,60 @@ class RunFolder:
     def restore_dir(self):
         """The chief's work folder, which every worker restores from."""
         return os.path.join(self.output_dir, "backup")
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+    """A trained run as evaluate, export, predict and serve read it (:func:`load_run`).
+
+    Attributes:
+        folder: the run folder.
+        model_path: its prediction model (``model.keras``, or the ``.keras`` file given).
+        settings: the settings of its ``config.yaml`` that this version knows (``{}`` without
+            one).
+        roles: the images of each data role recorded there (None without).
+        ignored: settings of ``config.yaml`` this version does not know (an older version's).
+    """
+
+    folder: str
+    model_path: str
+    settings: dict
+    roles: dict | None = None
+    ignored: tuple = ()
+
+    @property
+    def config_path(self):
+        """The run's ``config.yaml`` (it may not exist)."""
+        return os.path.join(self.folder, "config.yaml")
+
+    def load_model(self):
+        """The prediction model (:func:`affectnet_tf.models.load_model`)."""
+        from affectnet_tf.models import load_model
+
+        return load_model(self.model_path)
+
+
+def load_run(path):
+    """The run folder (or ``.keras`` file) at ``path``: where its model is, its settings.
+
+    Raises:
+        FileNotFoundError: no such folder, or no ``model.keras`` in it (an unfinished run?).
+    """
+    given = os.fspath(path)
+    model_path = os.path.join(given, "model.keras") if os.path.isdir(given) else given
+    if not os.path.isfile(model_path):
+        raise FileNotFoundError(
+            f"No model.keras in the run folder: {model_path} does not exist (an unfinished "
+            f"run?). Received: model_dir={given!r}"
+        )
+    model_path = os.path.abspath(model_path)
+    folder = os.path.dirname(model_path)
+    config_path = os.path.join(folder, "config.yaml")
+    saved = load_config(config_path) if os.path.isfile(config_path) else {}
+    roles = saved.pop(ROLES_KEY, None)
+    ignored = tuple(sorted(set(saved) - set(DEFAULTS)))
+    settings = {key: value for key, value in saved.items() if key in DEFAULTS}
+    return SavedRun(folder, model_path, settings, roles, ignored)
 
 
 def read_run_config(path):
