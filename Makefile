@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint docs bench wheel-check clean
+.PHONY: demo test test-fast lint docs bench wheel-check clean
 
 # The virtual environment; re-installed only when the packaging files change.
 $(BIN)/python:
@@ -40,6 +40,10 @@ docs: $(VENV)/.installed-docs
 
 test: $(VENV)/.installed-test lint docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: ruff and the tests not marked slow (`make test` runs everything).
+test-fast: $(VENV)/.installed-test lint
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The wheel installed into a clean venv outside the repository: train, predict, export (CI).
 wheel-check: $(VENV)/.installed-test
