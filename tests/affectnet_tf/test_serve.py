@@ -1,21 +1,31 @@
 """``python -m affectnet_tf.serve``: a real server on a free localhost port, driven over HTTP.
 
 The answers are checked against the Keras model's own outputs on the same decoded and resized
-images, in both TF Serving formats and both signatures; every bad input answers 400 and the
-server answers correctly right after; 8 parallel clients x 25 requests; faces on the astronaut.
+images, in both TF Serving formats and both signatures; every bad input answers 400 (an unknown
+model 404, a body over the limit 413) and the server answers correctly right after; 8 parallel
+clients x 25 requests; faces on the astronaut. Hostile clients meet a server with tiny limits
+(``strict_server``: a 1 s read timeout, a 3 s request deadline, 2 requests at once), over raw
+sockets on 127.0.0.1, every wait bounded.
 """
 
+import asyncio
 import base64
 import concurrent.futures
+import contextlib
+import importlib.util
 import io
 import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
+import weakref
 import zlib
 from pathlib import Path
 
@@ -40,8 +50,20 @@ LIMITS = {
     "max_request_mb": 3.0,
     "max_image_pixels": 300_000,
     "max_instances": 24,
+    "max_request_pixels": 1_200_000,
     "max_batch_size": 16,
     "batch_timeout_ms": 10.0,
+}
+# the server the hostile clients meet: tiny timeouts and queue, one decoding thread per pool,
+# small images up to 10000 pixels, batches that wait 200 ms for more
+STRICT = {
+    **LIMITS,
+    "read_timeout_s": 1.0,
+    "request_timeout_s": 3.0,
+    "max_queued_requests": 2,
+    "batch_timeout_ms": 200.0,
+    "decode_threads": 1,
+    "small_image_pixels": 10_000,
 }
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,8 +78,9 @@ def _b64(data):
     return {"b64": base64.b64encode(data).decode("ascii")}
 
 
-def _request(url, payload=None, method=None):
-    """``(status, JSON answer)``; ``payload`` is JSON-encoded unless it is bytes."""
+def _request(url, payload=None, method=None, headers=False):
+    """``(status, JSON answer)``, and the answer's headers when ``headers``; ``payload`` is
+    JSON-encoded unless it is bytes."""
     if payload is not None and not isinstance(payload, bytes):
         payload = json.dumps(payload, separators=(",", ":"))
     data = payload
@@ -65,9 +88,10 @@ def _request(url, payload=None, method=None):
     request = urllib.request.Request(url, data=data, method=method)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
+            answer = response.status, json.loads(response.read()), response.headers
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        answer = error.code, json.loads(error.read()), error.headers
+    return answer if headers else answer[:2]
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +113,13 @@ def model(run_dir):
 @pytest.fixture(scope="module")
 def server(model):
     app = serve.make_app(model, NAME, **LIMITS)
+    with serve.ServerThread(app) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def strict_server(model):
+    app = serve.make_app(model, NAME, **STRICT)
     with serve.ServerThread(app) as running:
         yield running
 
@@ -337,8 +368,20 @@ BAD_REQUESTS = [
         {"instances": [np.zeros((600, 600, 3), np.uint8).tolist()]},
         r"instances\[0\]: an image of 600x600 = 360000 pixels; the limit is 300000",
     ),
-    ("unknown model", "other:predict", None, r"Servable not found for request: Latest\(other\)"),
-    ("unknown version", f"{NAME}/versions/2:predict", None, r"Specific\(tiny_run, 2\).*version 1"),
+    (
+        "huge integer",
+        f"{NAME}:predict",
+        b'{"instances": [[[[1' + b"0" * 5000 + b", 0, 0]]]]}",
+        r"not valid JSON: an integer of 5001 digits; a request's integers have at most 20$",
+    ),
+    (
+        "huge integer elsewhere",
+        f"{NAME}:predict",
+        b'{"signature_name": ' + b"9" * 4301 + b', "instances": []}',
+        r"not valid JSON: an integer of 4301 digits",
+    ),
+    ("not UTF-8", f"{NAME}:predict", b'{"instances": ["\xff\xfe"]}', r"not valid JSON"),
+    ("nested too deeply", f"{NAME}:predict", b"[" * 100_000, r"not valid JSON"),
     ("version label", f"{NAME}/labels/stable:predict", None, r"version label: stable"),
     ("classify", f"{NAME}:classify", None, r"'classify' is not served here"),
 ]
@@ -393,7 +436,8 @@ def test_bad_requests_answer_400_and_the_server_goes_on(
 @pytest.mark.parametrize(
     "name, pattern",
     [
-        ("text", r"instances\[1\]: cannot decode the image: Unknown image file format"),
+        # refused from its header, never decoded (it was decoded before issue #21)
+        ("text", r"instances\[1\]: the image's size cannot be read from its header: not a JPEG"),
         ("truncated JPEG", r"instances\[1\]: cannot decode the image: .*Invalid JPEG data"),
         ("truncated PNG", r"instances\[1\]: cannot decode the image: Invalid PNG data"),
         ("large PNG", r"instances\[1\]: an image of 600x600 = 360000 pixels; the limit is 300000"),
@@ -411,11 +455,12 @@ def test_bad_images_answer_400_naming_the_instance(
     _check_still_serving(predict_url, model, images)
 
 
-def test_too_large_bodies_answer_400(server, predict_url, model, images):
+def test_too_large_bodies_answer_413(server, predict_url, model, images):
+    """413 (400 before issue #21), with and without a Content-Length."""
     limit = int(LIMITS["max_request_mb"] * 2**20)
     body = b'{"instances": ["' + b"A" * limit + b'"]}'
     status, answer = _request(predict_url, body)
-    assert status == 400
+    assert status == 413
     assert answer["error"] == (
         f"The request body of {len(body)} bytes is larger than the limit of {limit} bytes "
         "(--max-request-mb)"
@@ -425,11 +470,9 @@ def test_too_large_bodies_answer_400(server, predict_url, model, images):
     request = urllib.request.Request(predict_url, data=chunks, method="POST")
     with pytest.raises(urllib.error.HTTPError) as raised:
         urllib.request.urlopen(request, timeout=60)
-    assert raised.value.code == 400
+    assert raised.value.code == 413
     assert "larger than the limit" in json.loads(raised.value.read())["error"]
     _check_still_serving(predict_url, model, images)
-    status, answer = _request(f"{server.url}/v1/models/other")
-    assert status == 400 and "Latest(other)" in answer["error"]
     status, answer = _request(f"{server.url}/v1/nothing/here")
     assert status == 404 and answer["error"].startswith("Not Found")
     status, answer = _request(f"{server.url}/v1/models/{NAME}:predict")  # GET
@@ -578,6 +621,481 @@ def test_image_dimensions_from_headers():
     assert serve.image_dimensions(_encode(image, ".jpg")[:20]) is None
 
 
+# -- issue #21: what a hostile client cannot do ------------------------------------------------
+
+
+def test_the_module_and_its_parser_import_without_aiohttp(tmp_path):
+    """``make docs`` builds the flag tables from the parser with only the ``docs`` extra: no
+    aiohttp there. Starting the server says which extra it needs."""
+    script = f"""
+import sys
+sys.modules["aiohttp"] = None  # not installed
+sys.path.insert(0, {str(ROOT / "docs" / "tools")!r})
+import flag_tables
+from affectnet_tf import serve
+tables = flag_tables.flag_tables(flag_tables.build_parser("affectnet_tf.serve"))
+assert "`--max-request-pixels`" in tables and "`--read-timeout-s`" in tables, tables
+args = serve.build_parser().parse_args(["--model-dir", "run", "--max-queued-requests", "3"])
+assert args.max_queued_requests == 3
+for call in (lambda: serve.make_app(None, "x"), lambda: serve.SERVER,
+             lambda: serve.main(["--model-dir", "run"])):
+    try:
+        call()
+    except ImportError as error:
+        assert "affectnet-tf[serve]" in str(error), error
+    else:
+        raise AssertionError("no ImportError without aiohttp")
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "path, method",
+    [
+        ("other:predict", "POST"),
+        (f"{NAME}/versions/2:predict", "POST"),
+        ("other", "GET"),
+        (f"{NAME}/versions/2/metadata", "GET"),
+    ],
+)
+def test_unknown_models_and_versions_answer_404(server, images, path, method):
+    """As TF Serving (400 before issue #21)."""
+    payload = {"instances": [_b64(_encode(images[1]))]} if method == "POST" else None
+    status, answer = _request(f"{server.url}/v1/models/{path}", payload, method=method)
+    assert status == 404, answer
+    assert re.search(
+        r"Servable not found for request: (Latest\(other\)|Specific\(tiny_run, 2\))",
+        answer["error"],
+    )
+
+
+def test_answers_say_nosniff_and_the_page_cannot_be_framed(server):
+    with urllib.request.urlopen(server.url + "/") as response:
+        policy = response.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    for url, payload in [
+        (f"{server.url}/v1/models/{NAME}", None),
+        (f"{server.url}/config.json", None),
+        (f"{server.url}/v1/models/{NAME}:predict", b"{oops"),  # 400
+        (f"{server.url}/v1/nothing", None),  # aiohttp's 404
+    ]:
+        status, _, headers = _request(url, payload, headers=True)
+        assert headers["X-Content-Type-Options"] == "nosniff", (url, status)
+        assert headers["Content-Type"].startswith("application/json"), (url, status)
+
+
+@pytest.fixture
+def decode_calls(monkeypatch):
+    """Every image the server decodes, as the call's bytes length."""
+    calls = []
+    real = serve.decode_image
+
+    def spy(data):
+        calls.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(serve, "decode_image", spy)
+    return calls
+
+
+def _tiff(image):
+    stream = io.BytesIO()
+    PIL.Image.fromarray(image).save(stream, format="TIFF")
+    return stream.getvalue()
+
+
+# a JPEG XL codestream's signature and size header, then plausible coded bytes: TensorFlow
+# decodes JPEG XL, Pillow cannot read its header, so its size would only be known by decoding
+JPEG_XL_LIKE = b"\xff\x0a" + bytes([0xFA, 0x7F, 0x39, 0x0D]) + bytes(range(256)) * 80
+
+
+@pytest.mark.parametrize(
+    "case", ["JPEG XL codestream", "JPEG XL container", "TIFF", "cut header", "text"]
+)
+def test_images_whose_header_says_no_size_are_refused_undecoded(
+    predict_url, model, images, decode_calls, case
+):
+    data = {
+        "JPEG XL codestream": JPEG_XL_LIKE,
+        "JPEG XL container": b"\x00\x00\x00\x0cJXL \r\n\x87\n" + JPEG_XL_LIKE,
+        "TIFF": _tiff(images[2]),
+        "cut header": _encode(images[0], ".jpg")[:20],
+        "text": b"GIF89a, or so it says",
+    }[case]
+    good = _b64(_encode(images[1]))
+    status, answer = _request(predict_url, {"instances": [good, _b64(data)]})
+    assert status == 400, answer
+    assert answer["error"].startswith(
+        "instances[1]: the image's size cannot be read from its header"
+    ), answer
+    assert decode_calls == []  # neither the bad image nor the good one before it
+    _check_still_serving(predict_url, model, images)
+
+
+def test_the_pixels_of_a_request_are_budgeted_before_decoding(predict_url, model, decode_calls):
+    png = _encode(np.zeros((500, 500, 3), np.uint8))  # 250000 pixels, within the image limit
+    status, answer = _request(predict_url, {"instances": [_b64(png)] * 5})
+    assert status == 400, answer
+    assert answer["error"] == (
+        "instances[4]: the images of the request add up to 1250000 pixels with this one "
+        "(500x500); the limit is 1200000 pixels in one request (--max-request-pixels)"
+    )
+    assert decode_calls == []
+    status, answer = _request(predict_url, {"instances": [_b64(png)] * 4})  # 1000000: fine
+    assert status == 200 and len(answer["predictions"]) == 4
+    assert len(decode_calls) == 4
+
+
+def test_every_frame_of_a_gif_counts(predict_url, decode_calls):
+    """TensorFlow decodes every frame of a GIF: 40 frames of 100x100 are 400000 pixels."""
+    frames = [PIL.Image.fromarray(np.full((100, 100, 3), 6 * i, np.uint8)) for i in range(40)]
+    stream = io.BytesIO()
+    frames[0].save(stream, format="GIF", save_all=True, append_images=frames[1:])
+    status, answer = _request(predict_url, {"instances": [_b64(stream.getvalue())]})
+    assert status == 400, answer
+    assert re.search(
+        r"instances\[0\]: an image of 100x100 in \d+ frames = \d+ pixels; the limit "
+        r"is 300000 pixels \(--max-image-pixels\)",
+        answer["error"],
+    ), answer
+    assert decode_calls == []
+    assert serve._gif_frames(stream.getvalue(), 1000) == 40
+    assert serve._gif_frames(stream.getvalue()[:20], 1000) is None
+
+
+def _address(url):
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    return host, int(port)
+
+
+def _read_until_closed(connection, limit_s):
+    """What the server sends until it closes the connection: ``(bytes, seconds)``; fails the
+    test when it is still open after ``limit_s``."""
+    start, received = time.monotonic(), b""
+    connection.settimeout(0.2)
+    while time.monotonic() - start < limit_s:
+        try:
+            chunk = connection.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    else:
+        pytest.fail(f"the connection is still open after {limit_s} s")
+    return received, time.monotonic() - start
+
+
+def test_a_partial_header_is_cut_off(strict_server):
+    """Headers that never end, or that trickle in a byte at a time: closed after the read
+    timeout (1 s here) from the connection, not minutes later."""
+    with socket.create_connection(_address(strict_server.url), timeout=5) as connection:
+        connection.sendall(b"POST /v1/models/tiny_run:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        received, seconds = _read_until_closed(connection, limit_s=5)
+    assert received == b"" and seconds < 3
+    header = b"GET /v1/models/tiny_run HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100
+    with socket.create_connection(_address(strict_server.url), timeout=5) as connection:
+        start = time.monotonic()
+        for byte in header:  # at most 100 x 0.1 s
+            try:
+                connection.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.1)
+        received, _ = _read_until_closed(connection, limit_s=5)
+        assert time.monotonic() - start < 4 and received == b""
+
+
+def test_a_stalled_body_answers_408_and_is_closed(strict_server):
+    with socket.create_connection(_address(strict_server.url), timeout=5) as connection:
+        connection.sendall(
+            b"POST /v1/models/tiny_run:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            b'{"instances'
+        )
+        received, seconds = _read_until_closed(connection, limit_s=5)
+    assert received.startswith(b"HTTP/1.1 408 "), received
+    error = json.loads(received.split(b"\r\n\r\n", 1)[1])["error"]
+    assert (
+        error == "The request body stalled: nothing came for 1 s after 11 bytes (--read-timeout-s)"
+    )
+    assert seconds < 3
+
+
+def test_a_body_that_trickles_past_the_request_deadline_answers_408(strict_server):
+    """A byte every 0.4 s never stalls the read for 1 s, but the request's 3 s deadline ends
+    it."""
+    with socket.create_connection(_address(strict_server.url), timeout=5) as connection:
+        connection.sendall(
+            b"POST /v1/models/tiny_run:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Length: 1000\r\n\r\n"
+        )
+        start = time.monotonic()
+        for _ in range(25):  # 10 s at the most
+            try:
+                connection.sendall(b" ")
+            except OSError:
+                break
+            time.sleep(0.4)
+            connection.settimeout(0.01)
+            with contextlib.suppress(TimeoutError):
+                if connection.recv(1, socket.MSG_PEEK):
+                    break
+        received, _ = _read_until_closed(connection, limit_s=5)
+        assert 2.5 < time.monotonic() - start < 6
+    assert received.startswith(b"HTTP/1.1 408 "), received
+    assert b"did not arrive within 3 s (--request-timeout-s)" in received
+
+
+@contextlib.contextmanager
+def _model_held(server, then=None):
+    """The model's calls wait until the block ends (or 20 s); the model function is ``then``
+    afterwards (default: what it was)."""
+    batcher = server.app[serve.SERVER].batcher
+    gate, function, calls = threading.Event(), batcher.function, []
+
+    def held(items):
+        calls.append(len(items))
+        gate.wait(20)
+        return function(items)
+
+    batcher.function = held
+    try:
+        yield calls
+    finally:
+        batcher.function = then or function
+        gate.set()
+
+
+def _wait_until(condition, limit_s=10.0):
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < limit_s, "waited too long"
+        time.sleep(0.02)
+
+
+def test_a_full_queue_answers_503_with_retry_after(strict_server, model, images):
+    app_server = strict_server.app[serve.SERVER]
+    url = f"{strict_server.url}/v1/models/{NAME}:predict"
+    payload = {"instances": [_b64(_encode(images[3]))]}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        with _model_held(strict_server):
+            held = [pool.submit(_request, url, payload) for _ in range(2)]
+            _wait_until(lambda: app_server.pending == 2)
+            status, answer, headers = _request(url, payload, headers=True)
+            assert status == 503 and headers["Retry-After"] == "1", answer
+            assert answer["error"] == (
+                "The server is busy: 2 predict requests in progress, the most it takes at once "
+                "(--max-queued-requests 2); retry in 1 s"
+            )
+        for future in held:  # the two in progress are answered
+            status, answer = future.result(timeout=30)
+            assert status == 200, answer
+            _assert_rows(answer["predictions"], _expected(model, [images[3]]))
+    _wait_until(lambda: app_server.pending == 0)
+
+
+def test_a_request_past_its_deadline_answers_503(strict_server, model, images):
+    url = f"{strict_server.url}/v1/models/{NAME}:predict"
+    payload = {"instances": [_b64(_encode(images[3]))]}
+    with _model_held(strict_server):
+        start = time.monotonic()
+        status, answer, headers = _request(url, payload, headers=True)
+        assert 2.5 < time.monotonic() - start < 6
+    assert status == 503 and headers["Retry-After"] == "1", answer
+    assert answer["error"].startswith("No answer within 3 s (--request-timeout-s)")
+    status, answer = _request(url, payload)
+    assert status == 200, answer
+    _assert_rows(answer["predictions"], _expected(model, [images[3]]))
+
+
+def test_a_model_error_fails_only_the_request_that_caused_it(
+    strict_server, model, images, monkeypatch
+):
+    """A batch holding a poisoned image and a good one: the model raises on the batch, then
+    each image runs alone; the good request gets its answer, the poisoned one a 500."""
+    app_server = strict_server.app[serve.SERVER]
+    monkeypatch.setattr(app_server, "max_queued_requests", 3)
+    batcher = app_server.batcher
+    url = f"{strict_server.url}/v1/models/{NAME}:predict"
+    poison = np.full((20, 20, 3), 13, np.uint8)  # resized, still all 13
+    function = batcher.function
+
+    def fragile(items):
+        if any(np.all(np.asarray(item) == 13) for item in items):
+            raise ValueError("poisoned input")
+        return function(items)
+
+    good = {"instances": [_b64(_encode(images[4]))]}
+    bad = {"instances": [_b64(_encode(poison))]}
+    failures = batcher.failures
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        try:
+            # a first request holds the model while the two others wait in its queue
+            with _model_held(strict_server, then=fragile) as calls:
+                first = pool.submit(_request, url, good)
+                _wait_until(lambda: len(calls) == 1)
+                answers = [pool.submit(_request, url, payload) for payload in (good, bad)]
+                _wait_until(lambda: batcher.queued() == 2)
+            (status, answer), (bad_status, bad_answer) = [f.result(timeout=30) for f in answers]
+            assert first.result(timeout=30)[0] == 200
+        finally:
+            batcher.function = function
+    assert status == 200, answer
+    _assert_rows(answer["predictions"], _expected(model, [images[4]]))
+    assert bad_status == 500 and "ValueError: poisoned input" in bad_answer["error"]
+    assert batcher.failures == failures + 1
+    _wait_until(lambda: app_server.pending == 0)
+
+
+def test_answered_errors_keep_no_frames():
+    """An answered error holds no frame (they hold the request's body): the garbage collector
+    would free them seconds later, and a stream of bad 12 MB bodies made 1 GB of them."""
+
+    def read(body):
+        try:
+            json.loads(body)
+        except ValueError as error:
+            raise serve.RequestError("bad") from error
+
+    with pytest.raises(serve.RequestError) as raised:
+        read(b"{" * 10)
+    error = raised.value
+    assert error.__traceback__ is not None and error.__cause__.__traceback__ is not None
+    serve._forget_frames(error)
+    assert error.__traceback__ is None and error.__cause__.__traceback__ is None
+    with pytest.raises(serve.RequestError) as raised:
+        serve._json_body(b"[" + b"1" * 30 + b"]")
+    assert raised.value.__context__ is None  # the parser's error (and its frames) not kept
+
+
+def test_batcher_runs_the_items_of_a_failed_batch_one_by_one():
+    def function(items):
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [item.upper() for item in items]
+
+    async def run():
+        batcher = serve.Batcher(function, max_batch_size=8, batch_timeout_ms=50)
+        batcher.start()
+        try:
+            futures = [batcher.submit(item) for item in ("a", "bad", "c")]
+            return await asyncio.gather(*futures, return_exceptions=True), batcher
+        finally:
+            await batcher.stop()
+
+    (a, bad, c), batcher = asyncio.run(run())
+    assert (a, c) == ("A", "C")
+    assert isinstance(bad, ValueError) and str(bad) == "bad item"
+    assert (batcher.batches, batcher.items, batcher.failures) == (2, 2, 1)
+
+
+def test_a_small_request_does_not_wait_behind_large_ones(strict_server, model, images, monkeypatch):
+    """Two requests of three large images (1 s of decoding each, here) keep the large-image
+    pool busy for 6 s; a 64x64 request meanwhile is answered at once."""
+    real, started = serve.decode_image, threading.Event()
+
+    def slow(data):
+        image = real(data)
+        if image.shape[0] * image.shape[1] > STRICT["small_image_pixels"]:
+            started.set()
+            time.sleep(1.0)
+        return image
+
+    monkeypatch.setattr(serve, "decode_image", slow)
+    monkeypatch.setattr(strict_server.app[serve.SERVER], "max_queued_requests", 3)
+    url = f"{strict_server.url}/v1/models/{NAME}:predict"
+    large = _b64(_encode(np.full((200, 200, 3), 90, np.uint8)))
+    small = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        heavy = [pool.submit(_request, url, {"instances": [large] * 3}) for _ in range(2)]
+        assert started.wait(10)
+        start = time.monotonic()
+        status, answer = _request(url, {"instances": [_b64(_encode(small))]})
+        seconds = time.monotonic() - start
+        assert not all(future.done() for future in heavy)
+        for future in heavy:
+            future.result(timeout=30)  # 200, or 503 past the 3 s deadline: either is fine
+    assert status == 200, answer
+    _assert_rows(answer["predictions"], _expected(model, [small]))
+    assert seconds < 1.5
+    _wait_until(lambda: strict_server.app[serve.SERVER].pending == 0)
+
+
+def test_faces_of_large_images_are_found_downscaled_one_image_at_a_time(face_server, monkeypatch):
+    """MTCNN sees a 2048x2048 image at 1280 (--detect-max-side), the box comes back in the
+    image's pixels, and the server holds one decoded image of a request at a time (and, for a
+    moment, the one before it, while a worker thread lets go of it), not all five."""
+    app_server = face_server.app[serve.SERVER]
+    astronaut = make_face_clips.astronaut()
+    large = cv2.resize(astronaut, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    real_decode, alive, most_alive = serve.decode_image, set(), [0]
+
+    def watched(data):
+        image = np.array(real_decode(data))
+        key = id(image)
+        alive.add(key)
+        weakref.finalize(image, alive.discard, key)
+        most_alive[0] = max(most_alive[0], len(alive))
+        return image
+
+    cropper = app_server.predictor.cropper
+    real_detect, seen = cropper.detect, []
+
+    def detect(frames, *args, **kwargs):
+        seen.extend(frame.shape[:2] for frame in frames)
+        return real_detect(frames, *args, **kwargs)
+
+    monkeypatch.setattr(serve, "decode_image", watched)
+    monkeypatch.setattr(cropper, "detect", detect)
+    url = f"{face_server.url}/v1/models/{NAME}:predict"
+    sent = (large, astronaut, large, astronaut, astronaut)
+    status, answer = _request(url, {"instances": [_b64(_encode(i, ".jpg")) for i in sent]})
+    assert status == 200, answer
+    assert seen == [(1280, 1280), (512, 512), (1280, 1280), (512, 512), (512, 512)]
+    assert most_alive[0] <= 2
+    scaled_box = [v * 4 for v in make_face_clips.ASTRONAUT_FACE_BOX]
+    for i, expected_box in ((0, scaled_box), (1, make_face_clips.ASTRONAUT_FACE_BOX)):
+        record = answer["predictions"][i]["faces"][0]  # the largest
+        assert record["source"] == f"instances[{i}]"
+        assert faces.box_iou(record["box"], expected_box) > 0.8, record["box"]
+    assert app_server.limits()["detect_max_side"] == 1280
+
+
+@pytest.mark.slow
+def test_the_hostile_load_benchmark_runs(tmp_path, capsys):
+    """``benchmarks/bench_serve_hostile.py --quick --in-process``: every load runs, bounded,
+    and each kind of hostile request gets the answer its limit gives."""
+    path = ROOT / "benchmarks" / "bench_serve_hostile.py"
+    spec = importlib.util.spec_from_file_location("bench_serve_hostile", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--quick", "--in-process", "--output", str(tmp_path / "rows.json")])
+    assert json.loads((tmp_path / "rows.json").read_text())["rows"] == rows
+    loads = {row["load"].split(":")[0]: row for row in rows}
+    answers = {name: set(row["hostile_answers"]) for name, row in loads.items()}
+    assert answers == {
+        "idle": set(),
+        "huge PNGs over the pixel budget": {"400"},
+        "huge PNGs within the budget": {"200"},
+        "JPEG XL": {"400"},
+        "slow headers": {"closed"},
+        "stalled bodies": {"408"},
+        "queue flood": answers["queue flood"] & {"200", "503"},
+        "huge-int JSON": {"400"},
+    }
+    assert loads["slow headers"]["open_max_s"] < 3 and loads["stalled bodies"]["open_max_s"] < 3
+    assert loads["idle"]["median_ms"] > 0 and loads["idle"]["peak_rss_mib"] > 0
+    assert bench.TABLE_HEADER in capsys.readouterr().out
+
+
 def test_command_line_errors(tmp_path, run_dir, capsys):
     missing = tmp_path / "no_run_here"
     with pytest.raises(SystemExit) as raised:
@@ -591,6 +1109,12 @@ def test_command_line_errors(tmp_path, run_dir, capsys):
         (["--batch-timeout-ms", "-1"], "must be >= 0.0"),
         (["--max-image-pixels", "many"], "not a number"),
         (["--model-name", "a/b"], "`model_name` must be a non-empty name without '/'"),
+        (["--read-timeout-s", "0"], "must be > 0.0"),
+        (["--request-timeout-s", "-1"], "must be > 0.0"),
+        (["--max-queued-requests", "0"], "must be >= 1"),
+        (["--max-request-pixels", "0"], "must be >= 1"),
+        (["--decode-threads", "0"], "must be >= 1"),
+        (["--detect-max-side", "40"], "must be >= 48"),
     ]:
         with pytest.raises(SystemExit) as raised:
             serve.main(["--model-dir", str(run_dir), *flags])
