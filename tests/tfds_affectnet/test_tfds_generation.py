@@ -96,9 +96,7 @@ def test_beam_branch_work_items_give_the_plain_rows(tmp_path, monkeypatch, relea
             sources.iter_full_rows(f"{tmp_path}/{sources.FULL_LISTS_DIR}/training.csv")
         )
     else:
-        plain_rows, _ = sources.list_eight_label_rows(
-            *sources.eight_label_paths(tmp_path)["train"]
-        )
+        plain_rows, _ = sources.list_eight_label_rows(*sources.eight_label_paths(tmp_path)["train"])
         assert [o.reason for o in captured["extra"]] == ["annotation without image"]
     assert beam_rows == plain_rows
     outcomes = [captured["process"](row) for row in beam_rows]
@@ -108,12 +106,9 @@ def test_beam_branch_work_items_give_the_plain_rows(tmp_path, monkeypatch, relea
     )
 
 
-@pytest.mark.slow
-def test_beam_generation_matches_the_plain_path(tmp_path):
-    """apache-beam comes with the ``test`` extra (through ``beam``), so ``make test`` runs this;
-    skipped only where the tests run without that extra."""
+def _beam_build(tmp_path):
+    """``affectnet/e8`` at 16 px built from ``tmp_path / "manual"`` by Beam's DirectRunner."""
     beam = pytest.importorskip("apache_beam")
-    make_dummy_data.make_all(tmp_path / "manual", layouts=("full",))
     builder = affectnet_dataset_builder.Builder(
         config=AffectNetConfig(name="e8", image_size=16), data_dir=str(tmp_path / "data")
     )
@@ -123,6 +118,15 @@ def test_beam_generation_matches_the_plain_path(tmp_path):
             manual_dir=str(tmp_path / "manual"), beam_options=options
         )
     )
+    return builder
+
+
+@pytest.mark.slow
+def test_beam_generation_matches_the_plain_path(tmp_path):
+    """apache-beam comes with the ``test`` extra (through ``beam``), so ``make test`` runs this;
+    skipped only where the tests run without that extra."""
+    make_dummy_data.make_all(tmp_path / "manual", layouts=("full",))
+    builder = _beam_build(tmp_path)
     assert builder.info.splits["train"].num_examples == 7
     assert builder.info.splits["validation"].num_examples == 4
     log = pd.read_csv(builder.data_path / "skipped_train.tsv", sep="\t")
@@ -206,18 +210,9 @@ def test_no_notes_gives_an_empty_notes_log(tmp_path, capsys):
 @pytest.mark.slow
 def test_beam_generation_reports_corrupt_jpegs_and_clipped_boxes(tmp_path):
     """The Beam branch writes the same skip and notes logs for make_dummy_data's damaged=True."""
-    beam = pytest.importorskip("apache_beam")
     frames = make_dummy_data.make_all(tmp_path / "manual", layouts=("full",), damaged=True)
     names = frames["full"]["train"]["subDirectory_filePath"]
-    builder = affectnet_dataset_builder.Builder(
-        config=AffectNetConfig(name="e8", image_size=16), data_dir=str(tmp_path / "data")
-    )
-    options = beam.options.pipeline_options.PipelineOptions(["--runner=DirectRunner"])
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=str(tmp_path / "manual"), beam_options=options
-        )
-    )
+    builder = _beam_build(tmp_path)
     assert builder.info.splits["train"].num_examples == 4
     log = pd.read_csv(builder.data_path / "skipped_train.tsv", sep="\t", dtype=str)
     assert dict(zip(log["file_name"], log["reason"])) == {
