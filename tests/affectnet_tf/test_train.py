@@ -324,6 +324,7 @@ def test_an_interrupted_write_leaves_the_old_file(tmp_path):
 def test_backups_fall_back_to_the_generation_before_a_damaged_one(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile("adam", "mse")
+    model.optimizer.build(model.trainable_variables)  # as after a training epoch
     folder = tmp_path / "backup_train"
     for epoch in (1, 2, 3):
         model.set_weights([np.full_like(w, epoch) for w in model.get_weights()])
