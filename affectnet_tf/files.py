@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "PARTIAL_PREFIX",
+    "partial_path",
     "write_atomically",
     "atomic_open",
     "write_json",
@@ -30,7 +31,8 @@ __all__ = [
 PARTIAL_PREFIX = ".partial-"  # a file being written: ".partial-<pid>-<random>-<name>"
 
 
-def _partial_path(path):
+def partial_path(path):
+    """A new partial name beside ``path`` (the same folder and suffixes, unique to this call)."""
     folder, name = os.path.split(os.fspath(path))
     unique = f"{os.getpid()}-{secrets.token_hex(4)}"  # threads and processes never collide
     return os.path.join(folder, f"{PARTIAL_PREFIX}{unique}-{name}")
@@ -62,7 +64,7 @@ def write_atomically(path, write):
         ``path``. If ``write`` raises, ``path`` is left as it was and the partial file is removed.
     """
     path = os.fspath(path)
-    partial = _partial_path(path)
+    partial = partial_path(path)
     try:
         write(partial)
         if not os.path.isfile(partial):
@@ -84,7 +86,7 @@ def atomic_open(path, mode="w", **kwargs):
     if "b" not in mode:
         kwargs.setdefault("encoding", "utf-8")
     path = os.fspath(path)
-    partial = _partial_path(path)
+    partial = partial_path(path)
     try:
         with open(partial, mode, **kwargs) as stream:
             yield stream

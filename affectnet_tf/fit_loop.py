@@ -26,7 +26,7 @@ import numpy as np
 
 from affectnet_tf import metrics
 from affectnet_tf.backups import DamagedRunError, RunBackup, latest_generation, restore_weights
-from affectnet_tf.files import atomic_open, file_sha256, write_atomically, write_json
+from affectnet_tf.files import atomic_open, file_sha256, partial_path, write_json
 
 __all__ = [
     "Phase",
@@ -97,12 +97,17 @@ class BestCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.weights_path, self.state_path, self.monitor = weights_path, state_path, monitor
         self.mode = monitor_mode(monitor)
-        self.best, self.best_epoch = None, None
+        self.best, self.best_epoch, self._state = None, None, None
         if os.path.exists(state_path):
-            state = self._read_state()
-            self.best, self.best_epoch = state["value"], state["epoch"]
+            self._state = self._read_state()
+            if self._state is not None:
+                self.best, self.best_epoch = self._state["value"], self._state["epoch"]
 
     def _read_state(self):
+        """The recorded best epoch that ``best.weights.h5`` holds: the newest record, or the
+        one before it when a kill came between the two steps of a write (the record is written
+        before the weights file is put in place); None when that kill came at the first best
+        epoch."""
         recovery = (
             "The best epoch so far cannot be recovered: start the run again with --overwrite, "
             f"or delete {self.state_path} and {self.weights_path} to resume choosing the best "
@@ -111,21 +116,26 @@ class BestCheckpoint(keras.callbacks.Callback):
         try:
             with open(self.state_path, encoding="utf-8") as stream:
                 state = json.load(stream)
-            value, epoch = state["value"], state["epoch"]
-            float(value), int(epoch)
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            previous = state.get("previous")
+            for record in (state, previous) if previous else (state,):
+                float(record["value"]), int(record["epoch"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise DamagedRunError(
                 f"{self.state_path} is damaged ({type(error).__name__}: {error}). {recovery}"
             ) from error
-        expected = state.get("sha256")
         if not os.path.isfile(self.weights_path):
+            if previous is None:  # killed before the first best epoch's file was in place
+                return None
             raise DamagedRunError(f"{self.weights_path} is missing. {recovery}")
-        if expected is not None and file_sha256(self.weights_path) != expected:
-            raise DamagedRunError(
-                f"{self.weights_path} is damaged (it does not match the SHA-256 recorded in "
-                f"{self.state_path}). {recovery}"
-            )
-        return state
+        digest = file_sha256(self.weights_path)
+        if digest == state.get("sha256"):
+            return state
+        if previous is not None and digest == previous.get("sha256"):
+            return previous  # killed between the two steps: the file is the one before
+        raise DamagedRunError(
+            f"{self.weights_path} is damaged (it does not match the SHA-256 recorded in "
+            f"{self.state_path}). {recovery}"
+        )
 
     def _better(self, value):
         if not np.isfinite(value):
@@ -145,14 +155,28 @@ class BestCheckpoint(keras.callbacks.Callback):
         if not self._better(value):
             return
         self.best, self.best_epoch = value, int(epoch)
-        write_atomically(self.weights_path, lambda path: self.model.save_weights(path))
-        state = {
-            "monitor": self.monitor,
-            "value": value,
-            "epoch": int(epoch),
-            "sha256": file_sha256(self.weights_path),
-        }
-        write_json(self.state_path, state)
+        # two steps, each atomic: the weights into a partial file, the record (naming the
+        # file's SHA-256 and keeping the record before it), then the file into place
+        partial = partial_path(self.weights_path)
+        try:
+            self.model.save_weights(partial)
+            previous = None
+            if self._state is not None:
+                previous = {k: v for k, v in self._state.items() if k != "previous"}
+            state = {
+                "monitor": self.monitor,
+                "value": value,
+                "epoch": int(epoch),
+                "sha256": file_sha256(partial),
+                "previous": previous,
+            }
+            write_json(self.state_path, state)
+            os.replace(partial, self.weights_path)
+        except BaseException:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
+        self._state = state
 
 
 def _seed_generators(layer, found=None):

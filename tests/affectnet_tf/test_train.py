@@ -283,7 +283,7 @@ def test_best_epoch_survives_new_callbacks_and_only_improves(tmp_path):
         np.testing.assert_array_equal(expected, actual)
     record = json.loads(Path(state).read_text())
     assert record.pop("sha256") == files.file_sha256(weights)
-    assert record == {"monitor": "val_loss", "value": 0.5, "epoch": 0}
+    assert record == {"monitor": "val_loss", "value": 0.5, "epoch": 0, "previous": None}
     with pytest.raises(ValueError, match="val_f1_macro.*val_loss"):
         fit_loop.BestCheckpoint(weights, state, "val_f1_macro").on_epoch_end(4, {"val_loss": 0.1})
 
@@ -300,6 +300,60 @@ def test_best_checkpoint_under_folders_with_dots_spaces_and_accents(tmp_path):
     best.set_model(model)
     best.on_epoch_end(0, {"val_loss": 0.5})
     assert sorted(p.name for p in folder.iterdir()) == ["b.json", "best.weights.h5"]
+
+
+@pytest.mark.parametrize("kill_at", [1, 2])
+def test_a_kill_while_saving_the_best_epoch_leaves_a_consistent_pair(
+    tmp_path, monkeypatch, kill_at
+):
+    """A new best epoch writes two files (its record, its weights), each put in place by one
+    rename: killed before either rename, a restart finds a record that its weights file
+    matches (the epoch before, here) and no error."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    weights, state = str(tmp_path / "best.weights.h5"), str(tmp_path / "best.json")
+    first = fit_loop.BestCheckpoint(weights, state, "val_loss")
+    first.set_model(model)
+    first.on_epoch_end(0, {"val_loss": 0.5})
+    saved = [np.array(w) for w in model.get_weights()]
+    model.set_weights([w + 1 for w in saved])
+    real_replace, renames = os.replace, []
+
+    def killed(source, target):
+        if str(target) in (weights, state):
+            renames.append(target)
+            if len(renames) == kill_at:
+                raise KeyboardInterrupt  # the kill, before this rename
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        first.on_epoch_end(1, {"val_loss": 0.3})
+    monkeypatch.setattr(os, "replace", real_replace)
+    restarted = fit_loop.BestCheckpoint(weights, state, "val_loss")
+    assert (restarted.best, restarted.best_epoch) == (0.5, 0)
+    model.load_weights(weights)
+    for expected, actual in zip(saved, model.get_weights()):
+        np.testing.assert_array_equal(expected, actual)
+
+
+def test_a_kill_at_the_first_best_epoch_leaves_no_best(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    weights, state = str(tmp_path / "best.weights.h5"), str(tmp_path / "best.json")
+    first = fit_loop.BestCheckpoint(weights, state, "val_loss")
+    first.set_model(model)
+    real_replace = os.replace
+
+    def killed(source, target):
+        if str(target) == weights:
+            raise KeyboardInterrupt  # after the record, before the weights file
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        first.on_epoch_end(0, {"val_loss": 0.5})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert Path(state).exists() and not Path(weights).exists()
+    assert fit_loop.BestCheckpoint(weights, state, "val_loss").best is None
 
 
 def test_an_interrupted_write_leaves_the_old_file(tmp_path):
