@@ -30,12 +30,14 @@ if _startup.started_as_command():  # a library import leaves the process as it i
 
 import crowd_layers  # noqa: F401  (registers the crowd layers and losses with Keras)
 import tfds_affectnet  # noqa: F401  (registers the TFDS builders)
-from affectnet_tf import faces, images, metrics, video
-from affectnet_tf.backbones import BACKBONES, WeightsUnavailableError
-from affectnet_tf.data import DatasetInfo, make_dataset
-from affectnet_tf.faces import FaceCropper
-from affectnet_tf.images import decode_image, load_image_file, resize_image
-from affectnet_tf.models import build_model, load_model, model_metadata
+from affectnet_tf.data import images
+from affectnet_tf.data.images import decode_image, load_image_file, resize_image
+from affectnet_tf.data.pipeline import DatasetInfo, make_dataset
+from affectnet_tf.inference import faces, video
+from affectnet_tf.inference.faces import FaceCropper
+from affectnet_tf.modeling import metrics
+from affectnet_tf.modeling.backbones import BACKBONES, WeightsUnavailableError
+from affectnet_tf.modeling.models import build_model, load_model, model_metadata
 from affectnet_tf.version import __version__
 from tfds_affectnet import labels
 

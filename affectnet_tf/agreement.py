@@ -33,8 +33,8 @@ import warnings
 import numpy as np
 
 import crowd_layers
-from affectnet_tf import metrics
 from affectnet_tf.files import json_ready
+from affectnet_tf.modeling import metrics
 from tfds_affectnet import labels, sources
 
 __all__ = [

@@ -6,7 +6,7 @@ python -m affectnet_tf.convert --from emonet emonet_8.pth --output emonet_8.kera
 ```
 
 The weights are files the user downloaded from the authors (the package downloads and ships
-none; see :data:`affectnet_tf.hsemotion.HSEMOTION_FILES` and :data:`affectnet_tf.emonet.EMONET_URLS`
+none; see :data:`affectnet_tf.published.hsemotion.HSEMOTION_FILES` and :data:`affectnet_tf.published.emonet.EMONET_URLS`
 for where): HSEmotion's ONNX files (read with the ``onnx`` package) and EmoNet's ``.pth`` files
 (read by a restricted reader that refuses anything but tensors). The result is a prediction
 model in the package's structure: RGB ``uint8`` images of any size in, its own preprocessing
@@ -30,8 +30,8 @@ __all__ = ["FAMILIES", "convert", "build_parser", "main"]
 
 #: The published model families: name -> ``"module:function"`` of the converter.
 FAMILIES = {
-    "hsemotion": "affectnet_tf.hsemotion:convert_hsemotion",
-    "emonet": "affectnet_tf.emonet:convert_emonet",
+    "hsemotion": "affectnet_tf.published.hsemotion:convert_hsemotion",
+    "emonet": "affectnet_tf.published.emonet:convert_emonet",
 }
 
 
@@ -50,7 +50,7 @@ def convert(family, weights, output=None):
         ValueError: an unknown family, a file that is missing or of another architecture (the
             message names the tensor).
     """
-    from affectnet_tf.backbones import import_function
+    from affectnet_tf.modeling.backbones import import_function
 
     if family not in FAMILIES:
         raise ValueError(f"`family` must be one of {tuple(FAMILIES)}. Received: family={family!r}")
@@ -89,7 +89,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from affectnet_tf.models import model_metadata
+    from affectnet_tf.modeling.models import model_metadata
 
     try:
         model = convert(args.family, args.weights, args.output)

@@ -6,7 +6,7 @@ image size, task, targets) and writes ``metrics.json`` and ``report/`` (``report
 embeds its images and opens offline, ``report.md`` and the PNGs). The training command calls
 :func:`evaluate_model` on its in-memory model at the end of a run, so both write the same files.
 
-The report holds AffectNet's metric table (:mod:`affectnet_tf.metrics`), the normalised
+The report holds AffectNet's metric table (:mod:`affectnet_tf.modeling.metrics`), the normalised
 confusion matrix and a per-class precision / recall / F1 table, valence-arousal plots and error
 histograms, a grid of correctly and incorrectly classified images, the training curves of
 ``history.csv``, the learned annotator confusion matrices of crowd runs (beside the true
@@ -15,7 +15,7 @@ single annotators (:mod:`affectnet_tf.agreement`) and against AffectNet's origin
 
 The model runs once over the evaluated images (:func:`predict_split`); each image's
 predictions are joined to the split's label table by its file name, and every section comes
-from them. This module computes; :func:`affectnet_tf.reports.evaluation_report` lays out.
+from them. This module computes; :func:`affectnet_tf.evaluation.reports.evaluation_report` lays out.
 """
 
 import argparse
@@ -29,11 +29,14 @@ import pandas as pd
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from affectnet_tf import agreement, data, metrics, models, reports
-from affectnet_tf.config import RunConfig, data_roles, eval_targets
+from affectnet_tf import agreement
+from affectnet_tf.data import pipeline as data
+from affectnet_tf.data.images import decode_image, resize_image
+from affectnet_tf.evaluation import reports
 from affectnet_tf.files import json_ready, write_json
-from affectnet_tf.images import decode_image, resize_image
-from affectnet_tf.run_folder import load_run
+from affectnet_tf.modeling import metrics, models
+from affectnet_tf.training.config import RunConfig, data_roles, eval_targets
+from affectnet_tf.training.run_folder import load_run
 from tfds_affectnet import labels
 
 __all__ = [
@@ -287,7 +290,7 @@ def split_agreement(table, rows, predictions, options, num_classes=8):
     """Model against single annotators on a split with crowd answers, or None without them.
 
     Args:
-        table: the split's label table (:func:`affectnet_tf.data.load_label_table`).
+        table: the split's label table (:func:`affectnet_tf.data.pipeline.load_label_table`).
         rows: the table row of each prediction (images of the evaluated subset).
         predictions: ``{head: array}`` of the model on those images (:func:`predict_split`).
         options: :func:`affectnet_tf.make_dataset` arguments of the evaluated split
@@ -388,7 +391,7 @@ def _simulated_annotators(dataset_name, builder):
 
 def _annotator_figures(annotators, simulated):
     """The learned annotators of a crowd run beside the true simulated ones, as
-    :func:`affectnet_tf.reports.evaluation_report` lays them out."""
+    :func:`affectnet_tf.evaluation.reports.evaluation_report` lays them out."""
     figures = {"confusions": None, "true_confusions": None, "note": None, "parameters": []}
     figures["simulated"] = simulated is not None
     if "expression_confusions" in annotators:
@@ -454,7 +457,7 @@ def _report(
     simulated,
     agreement_result,
 ):
-    """The :class:`affectnet_tf.reports.Report` of an evaluation (see the module docstring)."""
+    """The :class:`affectnet_tf.evaluation.reports.Report` of an evaluation (see the module docstring)."""
     expression = {}
     if "expression" in truths:
         truth, guess = truths["expression"], predictions["expression"].argmax(axis=1)
@@ -611,7 +614,7 @@ def evaluate_run(
     """Evaluates the saved model of a run folder (``model.keras`` + ``config.yaml``).
 
     Defaults come from the run's ``config.yaml``: the dataset and its test data
-    (:func:`affectnet_tf.config.data_roles`), data folder, stored image size, image size,
+    (:func:`affectnet_tf.training.config.data_roles`), data folder, stored image size, image size,
     targets. ``split`` (and ``subset``, a role of the split's cut: ``train``, ``selection``,
     ``test``, or ``all``) evaluates other data; data that overlaps the run's training or
     selection images is refused.

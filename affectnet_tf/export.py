@@ -12,7 +12,7 @@ met; ``--no-check`` skips it):
 * **SavedModel** (for TF Serving; ``RUN/export/saved_model/1`` by default, the version folder
   TF Serving expects). Signatures: ``serving_default`` takes ``image_bytes``, a batch of encoded
   JPEG/PNG images (decoded by content and resized with
-  :func:`affectnet_tf.images.decode_image` and :func:`~affectnet_tf.images.resize_image`, the
+  :func:`affectnet_tf.data.images.decode_image` and :func:`~affectnet_tf.data.images.resize_image`, the
   package's one decode path), and ``images`` takes ``images``, RGB ``uint8``
   ``[batch, height, width, 3]`` of any size (resized inside the model the same way). Outputs
   named per head: ``expression`` ``[batch, K]`` probabilities in ``class_names`` order,
@@ -24,7 +24,7 @@ met; ``--no-check`` skips it):
   on a representative set of the run's training images; input stays ``uint8`` and outputs
   ``float32``), ``RUN/export/model_<quantization>.tflite``. The input is RGB ``uint8``
   ``[batch, S, S, 3]`` already resized to the model's side ``S`` (``image_size`` in the
-  metadata; :func:`~affectnet_tf.images.resize_image` does it as training did), one signature
+  metadata; :func:`~affectnet_tf.data.images.resize_image` does it as training did), one signature
   ``serving_default`` with the outputs above. The metadata travels inside the flatbuffer (entry
   :data:`METADATA_NAME`, read with :func:`read_tflite_metadata`). Check in the LiteRT
   interpreter (``ai-edge-litert``): top-1 agreement with the Keras model at least
@@ -62,10 +62,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from affectnet_tf.backbones import ModelMetadata
+from affectnet_tf.data.images import decode_image, load_image_file, resize_image
 from affectnet_tf.files import atomic_open, write_atomically, write_json
-from affectnet_tf.images import decode_image, load_image_file, resize_image
-from affectnet_tf.models import model_metadata
+from affectnet_tf.modeling.backbones import ModelMetadata
+from affectnet_tf.modeling.models import model_metadata
 from affectnet_tf.predict import load_run_model
 from affectnet_tf.version import __version__
 
@@ -713,10 +713,10 @@ def check_images(model_dir, data="selection", count=200, image_size=None, data_d
         image_size: the side (default: the run's model's).
         data_dir: the TFDS data folder (default: the run's).
     """
-    from affectnet_tf import data as data_module
     from affectnet_tf import evaluate
-    from affectnet_tf.config import RunConfig, data_roles
-    from affectnet_tf.run_folder import load_run
+    from affectnet_tf.data import pipeline as data_module
+    from affectnet_tf.training.config import RunConfig, data_roles
+    from affectnet_tf.training.run_folder import load_run
 
     if os.path.isdir(os.fspath(data)):
         return _folder_images(os.fspath(data), count, image_size)

@@ -20,10 +20,10 @@ stderr. ``--annotate OUT_DIR`` writes each image or video with boxes and labels 
 bar (``keras.utils.Progbar``, on stderr) is shown on videos of at least
 ``--progress-min-frames`` frames.
 
-Faces are cropped by :class:`affectnet_tf.faces.FaceCropper` to ``--crop-size`` (224, the stored
+Faces are cropped by :class:`affectnet_tf.inference.faces.FaceCropper` to ``--crop-size`` (224, the stored
 size of the AffectNet builders) and resized to the model's input with
-:func:`affectnet_tf.images.resize_image`, the path training images take; images are read with
-:func:`affectnet_tf.images.load_image_file`.
+:func:`affectnet_tf.data.images.resize_image`, the path training images take; images are read with
+:func:`affectnet_tf.data.images.load_image_file`.
 """
 
 import argparse
@@ -37,11 +37,11 @@ import cv2
 import keras
 import numpy as np
 
-from affectnet_tf import faces as faces_module
-from affectnet_tf import video as video_module
-from affectnet_tf.images import load_image_file
-from affectnet_tf.models import model_metadata
-from affectnet_tf.run_folder import load_run
+from affectnet_tf.data.images import load_image_file
+from affectnet_tf.inference import faces as faces_module
+from affectnet_tf.inference import video as video_module
+from affectnet_tf.modeling.models import model_metadata
+from affectnet_tf.training.run_folder import load_run
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -73,7 +73,7 @@ RECORD_KEYS = (
 
 def load_run_model(model_dir):
     """The prediction model of a run folder (``<model_dir>/model.keras``, or that file):
-    :func:`affectnet_tf.run_folder.load_run`'s ``load_model()``."""
+    :func:`affectnet_tf.training.run_folder.load_run`'s ``load_model()``."""
     return load_run(model_dir).load_model()
 
 
@@ -86,7 +86,7 @@ class Predictor:
 
     Args:
         model: a prediction model of :func:`affectnet_tf.build_model` (metadata inside).
-        cropper: a :class:`~affectnet_tf.faces.FaceCropper` (default: every face, 224 crops).
+        cropper: a :class:`~affectnet_tf.inference.faces.FaceCropper` (default: every face, 224 crops).
         batch_size: faces per model call.
     """
 
@@ -492,7 +492,7 @@ def bounded_number(kind, minimum, strict=False, maximum=None):
 
 
 def add_face_arguments(parser, title="Faces"):
-    """Adds the options of the face-crop stage (:class:`~affectnet_tf.faces.FaceCropper`) to
+    """Adds the options of the face-crop stage (:class:`~affectnet_tf.inference.faces.FaceCropper`) to
     ``parser`` as a group ``title``; :func:`face_cropper` builds the cropper from them."""
     group = parser.add_argument_group(title)
     cropper = faces_module.FaceCropper  # its defaults
@@ -538,7 +538,7 @@ def add_face_arguments(parser, title="Faces"):
 
 
 def face_cropper(args):
-    """The :class:`~affectnet_tf.faces.FaceCropper` of the options of :func:`add_face_arguments`."""
+    """The :class:`~affectnet_tf.inference.faces.FaceCropper` of the options of :func:`add_face_arguments`."""
     return faces_module.FaceCropper(
         working_size=args.working_size,
         min_face_size=args.min_face_size,

@@ -18,7 +18,7 @@ Endpoints:
   {"error_code": "OK", "error_message": ""}}]}``.
 * ``GET /v1/models/<name>[/versions/<v>]/metadata``: TF Serving's ``{"model_spec": ...,
   "metadata": {"signature_def": {"signature_def": {...}}}}``, plus an ``affectnet_tf`` key
-  with the model's own metadata (:func:`affectnet_tf.models.model_metadata`: ``class_names``,
+  with the model's own metadata (:func:`affectnet_tf.modeling.models.model_metadata`: ``class_names``,
   ``image_size``, ``preprocessing``, ...), ``detect_faces`` and the server's ``limits``.
 * ``GET /``: a page to upload a photo (or take one with the webcam) and see the faces boxed and
   labelled, with the probabilities as bars (one file, ``affectnet_tf/static/index.html``, with
@@ -33,8 +33,8 @@ The signatures mirror the SavedModel that :mod:`affectnet_tf.export` writes:
 
 Both answer the outputs of the model's heads: ``expression`` (``K`` probabilities in
 ``class_names`` order), ``valence`` and ``arousal`` (one number each). Images are decoded with
-:func:`affectnet_tf.images.decode_image` and resized with
-:func:`affectnet_tf.images.resize_image`, the path training images take.
+:func:`affectnet_tf.data.images.decode_image` and resized with
+:func:`affectnet_tf.data.images.resize_image`, the path training images take.
 
 Requests, in TF Serving's two formats (``signature_name`` optional: without it the signature is
 the one the first instance's type asks for):
@@ -55,7 +55,7 @@ A model with one head answers the bare value: ``{"predictions": [[p0, ...], ...]
 ``{"outputs": [[p0, ...], ...]}``.
 
 With ``--detect-faces`` each image goes through the MTCNN face-crop stage
-(:class:`affectnet_tf.faces.FaceCropper`) and :class:`affectnet_tf.predict.Predictor`, and an
+(:class:`affectnet_tf.inference.faces.FaceCropper`) and :class:`affectnet_tf.predict.Predictor`, and an
 instance's answer is the list of its faces' records exactly as ``python -m
 affectnet_tf.predict`` writes them (``source`` is the instance, ``instances[i]`` or
 ``inputs[i]``; ``frame`` is 0; ``box`` is x, y, width, height in the image's pixels); an image
@@ -131,9 +131,9 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from affectnet_tf import faces as faces_module
-from affectnet_tf.images import decode_error_reason, decode_image, resize_image
-from affectnet_tf.models import model_metadata
+from affectnet_tf.data.images import decode_error_reason, decode_image, resize_image
+from affectnet_tf.inference import faces as faces_module
+from affectnet_tf.modeling.models import model_metadata
 from affectnet_tf.predict import (
     Predictor,
     add_face_arguments,
@@ -169,7 +169,7 @@ SIGNATURES = {
 }
 
 #: The formats whose size Pillow reads from the header (Pillow's names); what
-#: :func:`affectnet_tf.images.decode_image` decodes. Other bytes are refused before decoding.
+#: :func:`affectnet_tf.data.images.decode_image` decodes. Other bytes are refused before decoding.
 SERVED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 
 #: Images of at most this many pixels (the page's largest upload, 1600 x 1600) are decoded in a
@@ -432,7 +432,7 @@ class ModelServer:
         model_name: the name clients use in ``/v1/models/<name>``.
         model_version: the version it answers as.
         detect_faces: run the MTCNN face-crop stage; answers are face records.
-        cropper: the :class:`~affectnet_tf.faces.FaceCropper` of ``detect_faces`` (default: every
+        cropper: the :class:`~affectnet_tf.inference.faces.FaceCropper` of ``detect_faces`` (default: every
             face, 224 crops, as ``python -m affectnet_tf.predict``).
         max_batch_size: images per model call.
         batch_timeout_ms: how long a batch waits for more images after its first.

@@ -7,10 +7,10 @@ inside), ``crowd_model.keras`` and ``annotators.npz`` when a head learns from th
 by ``--monitor`` on the selection data), and ``metrics.json`` and ``report/`` on the test data
 (:func:`affectnet_tf.evaluate.evaluate_model`).
 
-The recipe (:func:`train`): resolve the settings (:mod:`affectnet_tf.config`) and the three
-disjoint data roles, check the run folder (:mod:`affectnet_tf.run_folder`: the same command
+The recipe (:func:`train`): resolve the settings (:mod:`affectnet_tf.training.config`) and the three
+disjoint data roles, check the run folder (:mod:`affectnet_tf.training.run_folder`: the same command
 resumes, other settings are an error), build the datasets and the model, train
-(:mod:`affectnet_tf.fit_loop`, or :mod:`affectnet_tf.worker_loop` for several machines), keep
+(:mod:`affectnet_tf.training.fit_loop`, or :mod:`affectnet_tf.training.worker_loop` for several machines), keep
 the best epoch, evaluate it on the test data once. ``--folds K`` repeats it per fold.
 
 Reproducibility: ``--seed`` seeds the initial weights (``keras.utils.set_random_seed``), the
@@ -34,10 +34,14 @@ import numpy as np
 import tensorflow as tf
 
 import crowd_layers
-from affectnet_tf import data, evaluate, fit_loop, models, worker_loop
-from affectnet_tf import losses as losses_module
-from affectnet_tf.backbones import WeightsUnavailableError
-from affectnet_tf.config import (
+from affectnet_tf import evaluate
+from affectnet_tf.data import pipeline as data
+from affectnet_tf.files import write_atomically, write_json
+from affectnet_tf.modeling import losses as losses_module
+from affectnet_tf.modeling import models
+from affectnet_tf.modeling.backbones import WeightsUnavailableError
+from affectnet_tf.training import fit_loop, worker_loop
+from affectnet_tf.training.config import (
     DEFAULTS,
     RunConfig,
     build_parser,
@@ -45,9 +49,8 @@ from affectnet_tf.config import (
     eval_targets,
     parse_config,
 )
-from affectnet_tf.distribute import is_chief, make_strategy
-from affectnet_tf.files import write_atomically, write_json
-from affectnet_tf.run_folder import prepare_run_folder, read_run_config, write_run_config
+from affectnet_tf.training.distribute import is_chief, make_strategy
+from affectnet_tf.training.run_folder import prepare_run_folder, read_run_config, write_run_config
 
 __all__ = [
     "DEFAULTS",

@@ -28,9 +28,9 @@ import tensorflow_datasets as tfds
 from sklearn import svm
 
 import tfds_affectnet
-from affectnet_tf.faces import crops_for_model
 from affectnet_tf.files import write_atomically, write_json
-from affectnet_tf.models import model_metadata
+from affectnet_tf.inference.faces import crops_for_model
+from affectnet_tf.modeling.models import model_metadata
 from affectnet_tf.predict import load_run_model
 
 __all__ = [

@@ -31,7 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from affectnet_tf import export, models  # noqa: E402
+from affectnet_tf import export  # noqa: E402
+from affectnet_tf.modeling import models  # noqa: E402
 
 
 def _timed(function, batch, repeats, warmup=3):

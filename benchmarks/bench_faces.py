@@ -6,7 +6,7 @@ and changing size (about 130-230 pixels), every 10th frame blank.
 
 * plain loop: ``cv2.VideoCapture`` frame by frame, BGR -> RGB, ``MTCNN().detect_faces(frame,
   output_type="numpy")`` on every full-size frame (mtcnn 1.0's defaults; unrounded boxes);
-* face-crop stage: ``affectnet_tf.video.iter_video_faces`` with ``FaceCropper(working_size=480,
+* face-crop stage: ``affectnet_tf.inference.video.iter_video_faces`` with ``FaceCropper(working_size=480,
   batch_size=16, mode="all", crop_size=224)``: detection at working size 480 (MTCNN's pyramid
   from 0.709 of the frame, 454x340, down: its finest level skipped), in batches of 16, and 224x224 crops cut from the full frames.
   No box cache (the cache would make the second pass free).
@@ -34,8 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from affectnet_tf.faces import FaceCropper, box_iou  # noqa: E402
-from affectnet_tf.video import FrameSampler, VideoStats, iter_video_faces  # noqa: E402
+from affectnet_tf.inference.faces import FaceCropper, box_iou  # noqa: E402
+from affectnet_tf.inference.video import FrameSampler, VideoStats, iter_video_faces  # noqa: E402
 
 WIDTH, HEIGHT = 640, 480
 

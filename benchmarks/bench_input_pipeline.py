@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from affectnet_tf.data import make_dataset  # noqa: E402
+from affectnet_tf.data.pipeline import make_dataset  # noqa: E402
 
 BATCH = 64
 SIZE = 224

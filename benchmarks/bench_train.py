@@ -43,8 +43,8 @@ if str(REPO_ROOT) not in sys.path:  # running from a checkout without installing
     sys.path.insert(0, str(REPO_ROOT))
 
 import crowd_layers  # noqa: E402
-from affectnet_tf import losses, models  # noqa: E402
-from affectnet_tf.backbones import BACKBONES  # noqa: E402
+from affectnet_tf.modeling import losses, models  # noqa: E402
+from affectnet_tf.modeling.backbones import BACKBONES  # noqa: E402
 
 NUM_ANNOTATORS = 25
 

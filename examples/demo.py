@@ -39,8 +39,8 @@ import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 import tfds_affectnet  # noqa: E402, F401  (registers synthetic_faces)
-from affectnet_tf import data  # noqa: E402
 from affectnet_tf import train as train_module  # noqa: E402
+from affectnet_tf.data import pipeline as data  # noqa: E402
 
 __all__ = ["TARGETS", "TARGET_NAMES", "parse_args", "label_quality", "summary_table", "main"]
 

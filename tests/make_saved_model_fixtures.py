@@ -37,7 +37,7 @@ import keras  # noqa: E402
 from emonet_weights import seeded_state_dict  # noqa: E402
 
 import affectnet_tf  # noqa: E402
-from affectnet_tf import emonet  # noqa: E402
+from affectnet_tf.published import emonet  # noqa: E402
 
 SIZE = 32
 SEED = 20261206

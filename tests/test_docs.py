@@ -32,7 +32,7 @@ FENCE = re.compile(
 )
 SKIP = re.compile(r"^<!-- skip: (?P<reason>\S.*?) -->$")
 # the commands a page may show, and the module whose build_parser() parses their flags
-PARSERS = {"affectnet_tf.train": "affectnet_tf.config"}
+PARSERS = {"affectnet_tf.train": "affectnet_tf.training.config"}
 
 
 def _tool(name):
@@ -131,7 +131,7 @@ def _parse_module_command(module, args):
     except SystemExit as error:
         raise AssertionError(f"python -m {module} {shlex.join(args)}: flags rejected") from error
     if module == "affectnet_tf.train" and not parsed.config:
-        from affectnet_tf.config import parse_config
+        from affectnet_tf.training.config import parse_config
 
         parse_config(args)  # the settings' own checks (choices, combinations)
 

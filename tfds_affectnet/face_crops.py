@@ -1,7 +1,7 @@
 """The MTCNN face-crop stage: detection, square or aligned crops, in batches.
 
 It lives in ``tfds_affectnet`` because the video builders (``afew``, ``vgaf``) need it and this
-package never imports ``affectnet_tf``; ``affectnet_tf.faces`` re-exports it for prediction.
+package never imports ``affectnet_tf``; ``affectnet_tf.inference.faces`` re-exports it for prediction.
 
 Frames are RGB ``uint8`` arrays ``(height, width, 3)`` (a BGR frame from OpenCV must be converted
 first, or passed with ``channel_order="bgr"``: MTCNN on BGR input loses much of its recall).

@@ -6,7 +6,7 @@ A page asks for a table with a marker line naming the module of the command::
 
 and the build replaces it with one Markdown table per argument group (flag, values, default,
 description), read from the command's ``argparse`` parser: the training command's from
-:func:`affectnet_tf.config.build_parser`, the others' from their module's ``build_parser()``.
+:func:`affectnet_tf.training.config.build_parser`, the others' from their module's ``build_parser()``.
 So the tables cannot drift from the code. ``mkdocs.yml`` loads this file under ``hooks:``.
 """
 
@@ -20,7 +20,7 @@ __all__ = ["MARKER", "PARSERS", "build_parser", "flag_rows", "flag_tables", "on_
 MARKER = re.compile(r"^<!-- flags: ([\w.]+) -->$", re.MULTILINE)
 
 # module of the command -> the module that builds its parser
-PARSERS = {"affectnet_tf.train": "affectnet_tf.config"}
+PARSERS = {"affectnet_tf.train": "affectnet_tf.training.config"}
 
 # a trailing "(default: X)", X with at most one level of parentheses
 _DEFAULT = re.compile(r"\s*\(default: ((?:[^()]|\([^()]*\))*)\)\s*$")

@@ -4,7 +4,7 @@ import make_dummy_data
 import pytest
 import tensorflow_datasets as tfds
 
-from affectnet_tf.config import RunConfig, data_roles
+from affectnet_tf.training.config import RunConfig, data_roles
 
 STORED = 32  # side of the stored dummy images
 

@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from affectnet_tf import data
-from affectnet_tf.images import decode_image, resize_image
+from affectnet_tf.data import pipeline as data
+from affectnet_tf.data.images import decode_image, resize_image
 from tfds_affectnet import AffectNetC25Config, AffectNetConfig
 
 STORED = 32

@@ -24,8 +24,9 @@ import pytest
 from emonet_weights import seeded_images, seeded_state_dict, write_torch_zip
 
 import affectnet_tf
-from affectnet_tf import backbones, emonet, models
+from affectnet_tf.modeling import backbones, models
 from affectnet_tf.predict import Predictor
+from affectnet_tf.published import emonet
 from affectnet_tf.video_train import embedding_model
 from tfds_affectnet import labels
 
@@ -221,7 +222,7 @@ def test_reloads_in_a_fresh_process_with_only_the_package(converted, images, tmp
     script = (
         "import sys, numpy as np, keras, affectnet_tf\n"
         f"model = keras.models.load_model({str(path)!r}, safe_mode=True)\n"
-        "assert 'affectnet_tf.emonet' not in sys.modules\n"
+        "assert 'affectnet_tf.published.emonet' not in sys.modules\n"
         f"out = model(np.load({str(tmp_path / 'image.npy')!r}))\n"
         f"np.save({str(tmp_path / 'valence.npy')!r}, np.asarray(out['valence']))\n"
     )

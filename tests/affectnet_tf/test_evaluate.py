@@ -10,9 +10,12 @@ import struct
 import numpy as np
 import pytest
 
-from affectnet_tf import data, evaluate, metrics, models, reports
-from affectnet_tf.config import RunConfig, data_roles
+from affectnet_tf import evaluate
+from affectnet_tf.data import pipeline as data
+from affectnet_tf.evaluation import reports
+from affectnet_tf.modeling import metrics, models
 from affectnet_tf.train import train
+from affectnet_tf.training.config import RunConfig, data_roles
 from tfds_affectnet import labels
 
 STORED = 32  # the stored image side of the dummy data (tests/affectnet_tf/conftest.py)

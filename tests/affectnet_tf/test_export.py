@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from affectnet_tf import export, models
-from affectnet_tf.images import decode_image, resize_image
+from affectnet_tf import export
+from affectnet_tf.data.images import decode_image, resize_image
+from affectnet_tf.modeling import models
 from affectnet_tf.train import train
 
 SIZE = 32

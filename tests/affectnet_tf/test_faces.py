@@ -7,8 +7,8 @@ import make_face_clips
 import numpy as np
 import pytest
 
-from affectnet_tf import faces, video
-from affectnet_tf.images import resize_image
+from affectnet_tf.data.images import resize_image
+from affectnet_tf.inference import faces, video
 from tfds_affectnet import _images
 
 pytest.importorskip("skimage", reason="scikit-image ships the astronaut test image")

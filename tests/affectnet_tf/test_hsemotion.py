@@ -29,9 +29,10 @@ import pytest
 from onnx import helper, numpy_helper
 
 import affectnet_tf
-from affectnet_tf import backbones, hsemotion, models
-from affectnet_tf.images import resize_image
+from affectnet_tf.data.images import resize_image
+from affectnet_tf.modeling import backbones, models
 from affectnet_tf.predict import Predictor
+from affectnet_tf.published import hsemotion
 from affectnet_tf.video_train import embedding_model
 from tfds_affectnet import labels
 
@@ -289,7 +290,7 @@ def test_class_order_by_name_end_to_end(onnx_files):
 @pytest.mark.slow
 def test_photo_of_another_size(onnx_files, converted):
     """A uint8 photo of another size gives what the reference gives on the photo resized with
-    the package's resize (affectnet_tf.images.resize_image)."""
+    the package's resize (affectnet_tf.data.images.resize_image)."""
     model = converted("b0_8")
     photo = hw.random_images(7, (1, 301, 257, 3))
     resized = np.asarray(resize_image(photo, 224))

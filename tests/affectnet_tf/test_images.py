@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from affectnet_tf.images import load_image_file
+from affectnet_tf.data.images import load_image_file
 
 
 @pytest.fixture

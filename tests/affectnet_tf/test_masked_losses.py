@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import crowd_layers
-from affectnet_tf import losses
+from affectnet_tf.modeling import losses
 
 
 def _probabilities():

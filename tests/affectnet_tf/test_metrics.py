@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from affectnet_tf import metrics
+from affectnet_tf.modeling import metrics
 
 
 def _random_case(rng, n=300, k=8, ties=True):

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import affectnet_tf
 import crowd_layers
-from affectnet_tf import backbones, losses, models
+from affectnet_tf.modeling import backbones, losses, models
 
 IMAGE = 32
 
@@ -180,7 +180,7 @@ def test_metadata(tmp_path):
     meta = models.model_metadata(built.prediction_model)
     assert meta["class_names"] == list(affectnet_tf.labels.expression_names(7))
     assert meta["image_size"] == IMAGE
-    assert meta["resize_method"] == affectnet_tf.images.RESIZE_METHOD
+    assert meta["resize_method"] == affectnet_tf.data.images.RESIZE_METHOD
     assert meta["dataset"] == "affectnet_c25/set1"
     assert meta["package_version"] == affectnet_tf.__version__
     with pytest.raises(ValueError, match="ModelMetadata"):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import affectnet_tf
-from affectnet_tf import faces, predict, video
+from affectnet_tf import predict
+from affectnet_tf.inference import faces, video
 
 pytest.importorskip("skimage", reason="scikit-image ships the astronaut test image")
 
@@ -106,7 +107,7 @@ def test_records_of_every_frame_and_face(jsonl_run, inputs):
 
 
 def test_predictions_match_the_model_on_training_resized_crops(run_dir):
-    """A record's numbers are the model's on the crop resized by affectnet_tf.images."""
+    """A record's numbers are the model's on the crop resized by affectnet_tf.data.images."""
     model = predict.load_run_model(run_dir)
     predictor = predict.Predictor(model, faces.FaceCropper(mode="all"))
     image = make_face_clips.astronaut()
@@ -225,4 +226,4 @@ def test_expand_inputs_walks_folders_in_order(tmp_path):
     found = [(os.path.relpath(p, tmp_path), kind) for p, kind in predict.expand_inputs([tmp_path])]
     assert found == [("a.avi", "video"), ("b.png", "image"), ("sub/d.jpg", "image")]
     assert predict.expand_inputs(["x.mkv"]) == [("x.mkv", "video")]
-    assert video.VIDEO_EXTENSIONS  # the video kinds come from affectnet_tf.video
+    assert video.VIDEO_EXTENSIONS  # the video kinds come from affectnet_tf.inference.video

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from emonet_weights import seeded_state_dict, write_torch_zip
 
-from affectnet_tf import backbones, convert, emonet, export, hsemotion, models, predict
+from affectnet_tf import convert, export, predict
+from affectnet_tf.modeling import backbones, models
+from affectnet_tf.published import emonet, hsemotion
 from affectnet_tf.train import train
 from affectnet_tf.video_train import embedding_model
 from tfds_affectnet import labels

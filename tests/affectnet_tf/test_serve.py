@@ -36,8 +36,9 @@ import PIL.Image
 import pytest
 
 import affectnet_tf
-from affectnet_tf import faces, predict, serve
-from affectnet_tf.images import decode_image, resize_image
+from affectnet_tf import predict, serve
+from affectnet_tf.data.images import decode_image, resize_image
+from affectnet_tf.inference import faces
 
 pytest.importorskip("skimage", reason="scikit-image ships the astronaut test image")
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from affectnet_tf import data
+from affectnet_tf.data import pipeline as data
 
 
 def _table():

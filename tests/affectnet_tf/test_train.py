@@ -16,10 +16,12 @@ import yaml
 
 import affectnet_tf
 import crowd_layers
-from affectnet_tf import backups, data, distribute, files, fit_loop, run_folder, worker_loop
+from affectnet_tf import files
 from affectnet_tf import train as train_module
-from affectnet_tf.config import RunConfig, data_roles
+from affectnet_tf.data import pipeline as data
 from affectnet_tf.train import train
+from affectnet_tf.training import backups, distribute, fit_loop, run_folder, worker_loop
+from affectnet_tf.training.config import RunConfig, data_roles
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +52,7 @@ def test_every_target_and_task(tiny_config, dataset, task, target, extra):
     files = {p.name for p in run.iterdir()}
     assert {"model.keras", "config.yaml", "history.csv", "metrics.json"} <= files
     assert "backup" not in files  # removed once the run ended
-    heads = affectnet_tf.models.TASK_HEADS[task]
+    heads = affectnet_tf.modeling.models.TASK_HEADS[task]
     va_target = extra.get("va_target", "cv" if target == "cv" else "mean")
     crowd_heads = [h for h in heads if (target if h == "expression" else va_target) == "cv"]
     assert ("crowd_model.keras" in files) == bool(crowd_heads)
@@ -711,11 +713,13 @@ def test_mixed_precision_and_xla(tiny_config):
 
 def test_confusion_layer_starts_from_dawid_skene_of_the_training_answers(synthetic_faces_tiny):
     data_dir, builder = synthetic_faces_tiny
-    answers = affectnet_tf.data.crowd_answers("synthetic_faces/tiny", "train", data_dir=data_dir)
-    table = affectnet_tf.data.load_label_table(builder, "train")
+    answers = affectnet_tf.data.pipeline.crowd_answers(
+        "synthetic_faces/tiny", "train", data_dir=data_dir
+    )
+    table = affectnet_tf.data.pipeline.load_label_table(builder, "train")
     assert answers.shape == table["crowd_expression"].shape
     np.testing.assert_array_equal(answers, table["crowd_expression"])
-    seven = affectnet_tf.data.crowd_answers(
+    seven = affectnet_tf.data.pipeline.crowd_answers(
         "synthetic_faces/tiny", "train", num_classes=7, data_dir=data_dir
     )
     # 7 classes: contempt answers become no answers, images voted contempt are dropped

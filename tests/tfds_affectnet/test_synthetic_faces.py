@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from affectnet_tf import data
-from affectnet_tf.config import RunConfig, data_roles, eval_targets
+from affectnet_tf.data import pipeline as data
+from affectnet_tf.training.config import RunConfig, data_roles, eval_targets
 from crowd_layers.aggregation import DawidSkene
 from tfds_affectnet import AffectNetC25, labels
 from tfds_affectnet.synthetic_faces import (

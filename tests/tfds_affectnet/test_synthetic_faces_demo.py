@@ -73,7 +73,7 @@ def test_summary_table_formats_rows(demo):
 
 
 def test_the_demo_model_is_the_half_width_compact_cnn():
-    from affectnet_tf.backbones import build_backbone
+    from affectnet_tf.modeling.backbones import build_backbone
 
     small, spec = build_backbone("compact_cnn_small", weights=None, image_size=32)
     full, _ = build_backbone("compact_cnn", weights=None, image_size=32)

@@ -1,8 +1,8 @@
-"""Models: a backbone from :mod:`affectnet_tf.backbones`, task heads, and crowd layers.
+"""Models: a backbone from :mod:`affectnet_tf.modeling.backbones`, task heads, and crowd layers.
 
 The prediction model takes raw RGB ``uint8`` images of any size (input ``(None, None, 3)``):
-a :class:`~affectnet_tf.backbones.ModelMetadata` layer (identity, carries the metadata), an
-:class:`~affectnet_tf.backbones.ImagePreprocessing` layer (resize + the backbone's scaling),
+a :class:`~affectnet_tf.modeling.backbones.ModelMetadata` layer (identity, carries the metadata), an
+:class:`~affectnet_tf.modeling.backbones.ImagePreprocessing` layer (resize + the backbone's scaling),
 the backbone (called with ``training=False`` when pretrained, so BatchNorm stays in inference
 mode during fine-tuning), global pooling, dropout and the heads:
 
@@ -25,8 +25,8 @@ import keras
 import numpy as np
 
 import crowd_layers
-from affectnet_tf.backbones import ImagePreprocessing, ModelMetadata, build_backbone
-from affectnet_tf.images import RESIZE_METHOD
+from affectnet_tf.data.images import RESIZE_METHOD
+from affectnet_tf.modeling.backbones import ImagePreprocessing, ModelMetadata, build_backbone
 from affectnet_tf.version import __version__
 from tfds_affectnet import labels
 
@@ -89,7 +89,7 @@ def build_model(
     """Builds the training model and the prediction model (sharing weights).
 
     Args:
-        model: backbone name, a key of :data:`affectnet_tf.backbones.BACKBONES`.
+        model: backbone name, a key of :data:`affectnet_tf.modeling.backbones.BACKBONES`.
         task: ``exp``, ``aro``, ``val``, ``va`` or ``all``.
         num_classes: 8, or 7 (without contempt).
         target: the expression training target; ``"cv"`` adds a crowd layer to that head.

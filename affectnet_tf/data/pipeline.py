@@ -2,7 +2,7 @@
 
 Targets are computed once per split from the label features alone (images are not decoded for
 that), then joined to the images by file name inside the pipeline, so file shuffling and
-sharding never misalign images and labels. Images go through :mod:`affectnet_tf.images` (the
+sharding never misalign images and labels. Images go through :mod:`affectnet_tf.data.images` (the
 same decode / resize path as evaluation and prediction) and stay RGB ``uint8``: the backbone's
 preprocessing lives inside the model.
 """
@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import crowd_layers
-from affectnet_tf.images import decode_image, resize_image
+from affectnet_tf.data.images import decode_image, resize_image
 from crowd_layers.checks import check_float_answers
 from tfds_affectnet import labels
 

@@ -18,9 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from affectnet_tf.backups import KEEP, DamagedRunError
 from affectnet_tf.files import write_atomically
-from affectnet_tf.fit_loop import (
+from affectnet_tf.training.backups import KEEP, DamagedRunError
+from affectnet_tf.training.fit_loop import (
     FAIL_AT_STEP_ENV,
     HistoryLog,
     TrainingDivergedError,
@@ -101,7 +101,7 @@ def train_custom_loop(
     strategy, built, config, losses, train_data, val_ds, steps, run_dir, work_dir, restore_dir
 ):
     """Trains ``built.training_model`` for ``config.epochs`` epochs (arguments as
-    :func:`affectnet_tf.fit_loop.fit_phases`; ``restore_dir`` is the chief's work folder, which
+    :func:`affectnet_tf.training.fit_loop.fit_phases`; ``restore_dir`` is the chief's work folder, which
     every worker restores from).
 
     Returns:

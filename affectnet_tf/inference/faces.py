@@ -3,12 +3,12 @@
 The implementation lives in :mod:`tfds_affectnet.face_crops` because the video builders (``afew``,
 ``vgaf``) crop faces with it and ``tfds_affectnet`` never imports ``affectnet_tf``; this module is
 its public home. :func:`crops_for_model` resizes crops to a model's input size the way the data
-pipeline resizes training images (:func:`affectnet_tf.images.resize_image`).
+pipeline resizes training images (:func:`affectnet_tf.data.images.resize_image`).
 
 For example:
 
 ```python
-from affectnet_tf.faces import FaceCropper
+from affectnet_tf.inference.faces import FaceCropper
 
 cropper = FaceCropper(working_size=480, mode="all", crop_size=224)
 faces = cropper.process([rgb_frame])[0]  # boxes, scores, landmarks, crops
@@ -17,7 +17,7 @@ faces = cropper.process([rgb_frame])[0]  # boxes, scores, landmarks, crops
 
 import numpy as np
 
-from affectnet_tf.images import resize_image
+from affectnet_tf.data.images import resize_image
 from tfds_affectnet.face_crops import (
     ALL,
     CANONICAL_LANDMARKS_112,

@@ -48,9 +48,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from affectnet_tf.backbones import ImagePreprocessing, ModelMetadata
+from affectnet_tf.data.images import RESIZE_METHOD
 from affectnet_tf.files import file_sha256
-from affectnet_tf.images import RESIZE_METHOD
+from affectnet_tf.modeling.backbones import ImagePreprocessing, ModelMetadata
 from affectnet_tf.version import __version__
 from tfds_affectnet import labels
 

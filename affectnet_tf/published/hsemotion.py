@@ -44,8 +44,8 @@ import os
 import keras
 import numpy as np
 
-from affectnet_tf.backbones import ImagePreprocessing, ModelMetadata
-from affectnet_tf.images import RESIZE_METHOD
+from affectnet_tf.data.images import RESIZE_METHOD
+from affectnet_tf.modeling.backbones import ImagePreprocessing, ModelMetadata
 from affectnet_tf.version import __version__
 from tfds_affectnet import labels
 
@@ -977,9 +977,9 @@ def convert_hsemotion(path):
     """Converts an HSEmotion ONNX file into the package's prediction model.
 
     The model takes RGB ``uint8`` images of any size:
-    :class:`~affectnet_tf.backbones.ImagePreprocessing` resizes them to the file's input side
+    :class:`~affectnet_tf.modeling.backbones.ImagePreprocessing` resizes them to the file's input side
     (224 for B0, 260 for B2) as the data pipeline does
-    (:data:`affectnet_tf.images.RESIZE_METHOD`), and the backbone normalises them with the
+    (:data:`affectnet_tf.data.images.RESIZE_METHOD`), and the backbone normalises them with the
     ImageNet mean and standard deviation, as HSEmotion does. Its outputs:
 
     * ``expression``: ``(batch, K)`` probabilities, the softmax of HSEmotion's logits with the

@@ -6,8 +6,8 @@ builders, since ``tfds_affectnet`` never imports ``affectnet_tf``); this module 
 For example:
 
 ```python
-from affectnet_tf.faces import FaceCropper
-from affectnet_tf.video import BoxCache, FrameSampler, VideoStats, iter_video_faces
+from affectnet_tf.inference.faces import FaceCropper
+from affectnet_tf.inference.video import BoxCache, FrameSampler, VideoStats, iter_video_faces
 
 stats = VideoStats()
 for frame in iter_video_faces("clip.avi", FaceCropper(), FrameSampler(fps=5),

@@ -9,7 +9,7 @@ has finished (``metrics.json`` written). Starting the training command on a fold
 - holding a run with other settings, a finished run, or files that are not a run: an error
   naming the differing settings or the files, unless ``--overwrite`` (which deletes it first).
 
-Settings that say where things are (:data:`affectnet_tf.config.RESUME_NEUTRAL`) may differ.
+Settings that say where things are (:data:`affectnet_tf.training.config.RESUME_NEUTRAL`) may differ.
 
 Every file of the folder is written atomically (:mod:`affectnet_tf.files`); ``config.yaml``
 ends with the SHA-256 of the lines above it, so a damaged copy is told from a run with other
@@ -25,9 +25,9 @@ import tempfile
 
 import yaml
 
-from affectnet_tf.backups import DamagedRunError
-from affectnet_tf.config import DEFAULTS, config_differences, load_config
 from affectnet_tf.files import atomic_open, json_ready, remove_partial_files
+from affectnet_tf.training.backups import DamagedRunError
+from affectnet_tf.training.config import DEFAULTS, config_differences, load_config
 
 __all__ = [
     "SavedRun",
@@ -86,8 +86,8 @@ class SavedRun:
         return os.path.join(self.folder, "config.yaml")
 
     def load_model(self):
-        """The prediction model (:func:`affectnet_tf.models.load_model`)."""
-        from affectnet_tf.models import load_model
+        """The prediction model (:func:`affectnet_tf.modeling.models.load_model`)."""
+        from affectnet_tf.modeling.models import load_model
 
         return load_model(self.model_path)
 
@@ -123,7 +123,7 @@ def read_run_config(path):
 
 
 def check_run_config(path):
-    """Raises :class:`affectnet_tf.backups.DamagedRunError` when ``config.yaml`` does not end
+    """Raises :class:`affectnet_tf.training.backups.DamagedRunError` when ``config.yaml`` does not end
     with the checksum of its lines (cut short or changed) or does not parse. Files written
     before the checksum existed (no header line) are only parsed."""
     recovery = (

@@ -28,9 +28,9 @@ import typing
 import yaml
 
 import crowd_layers
-from affectnet_tf.backbones import BACKBONES
-from affectnet_tf.data import SUBSETS, TARGETS, TASKS, VA_TARGETS, Partition
-from affectnet_tf.models import CROWD_LAYERS, VA_CROWD_LAYERS
+from affectnet_tf.data.pipeline import SUBSETS, TARGETS, TASKS, VA_TARGETS, Partition
+from affectnet_tf.modeling.backbones import BACKBONES
+from affectnet_tf.modeling.models import CROWD_LAYERS, VA_CROWD_LAYERS
 
 __all__ = [
     "RunConfig",
@@ -244,7 +244,7 @@ class RunConfig:
     @property
     def head_targets(self):
         """``{"expression": target, "valence": va_target, "arousal": va_target}`` as resolved."""
-        from affectnet_tf.data import default_va_target
+        from affectnet_tf.data.pipeline import default_va_target
 
         va = self.va_target or default_va_target(self.target)
         return {"expression": self.target, "valence": va, "arousal": va}
@@ -252,14 +252,14 @@ class RunConfig:
     @property
     def crowd_heads(self):
         """The heads trained through a crowd layer (their target is ``cv``)."""
-        from affectnet_tf.models import TASK_HEADS
+        from affectnet_tf.modeling.models import TASK_HEADS
 
         targets = self.head_targets
         return tuple(h for h in TASK_HEADS[self.task] if targets[h] == "cv")
 
     @property
     def partition(self):
-        """The :class:`affectnet_tf.data.Partition` of a cut split."""
+        """The :class:`affectnet_tf.data.pipeline.Partition` of a cut split."""
         return Partition(
             selection=self.selection_fraction,
             test=self.test_fraction,

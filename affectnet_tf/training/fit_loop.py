@@ -2,7 +2,7 @@
 
 A run has one phase (``train``) or two (``frozen``: the backbone frozen, then ``fine_tune`` at
 ``learning_rate * fine_tune_factor``). Each phase backs up every epoch into its own folder
-(:mod:`affectnet_tf.backups`: the last two epochs, written atomically and checked on restart)
+(:mod:`affectnet_tf.training.backups`: the last two epochs, written atomically and checked on restart)
 and resumes from the newest usable backup; a phase whose newest backup is at its last epoch is
 finished (not when ``TerminateOnNaN`` stopped it: that is an error).
 
@@ -24,9 +24,14 @@ import time
 import keras
 import numpy as np
 
-from affectnet_tf import metrics
-from affectnet_tf.backups import DamagedRunError, RunBackup, latest_generation, restore_weights
 from affectnet_tf.files import atomic_open, file_sha256, partial_path, write_json
+from affectnet_tf.modeling import metrics
+from affectnet_tf.training.backups import (
+    DamagedRunError,
+    RunBackup,
+    latest_generation,
+    restore_weights,
+)
 
 __all__ = [
     "Phase",
@@ -61,7 +66,7 @@ class Phase:
 
 
 def phases(config):
-    """The phases of a run (:class:`affectnet_tf.config.RunConfig`)."""
+    """The phases of a run (:class:`affectnet_tf.training.config.RunConfig`)."""
     if config.freeze_epochs:
         tuned = config.learning_rate * config.fine_tune_factor
         return [
@@ -373,7 +378,7 @@ def fit_phases(strategy, built, config, losses, train_data, val_ds, steps, run_d
 
     Args:
         train_data: ``train_data(start, stop)`` returns the training batches of epochs
-            ``start .. stop - 1`` (:func:`affectnet_tf.data.make_dataset` with ``epochs``).
+            ``start .. stop - 1`` (:func:`affectnet_tf.data.pipeline.make_dataset` with ``epochs``).
         val_ds: the selection data (validated after each epoch).
         steps: training steps per epoch.
         run_dir: where ``best.weights.h5``, ``history.csv`` and ``logs/`` go.

@@ -7,7 +7,7 @@ weights file that Keras downloads into its cache (``~/.keras/models/``, or
 
 The preprocessing sits inside the model as registered layers (:class:`ImagePreprocessing`), so
 a saved model takes raw RGB ``uint8`` images of any size, resizes them the way the data
-pipeline does (:data:`affectnet_tf.images.RESIZE_METHOD`) and reloads with ``safe_mode=True``.
+pipeline does (:data:`affectnet_tf.data.images.RESIZE_METHOD`) and reloads with ``safe_mode=True``.
 """
 
 import dataclasses
@@ -16,7 +16,7 @@ import os
 import keras
 from keras import ops
 
-from affectnet_tf.images import RESIZE_METHOD
+from affectnet_tf.data.images import RESIZE_METHOD
 
 __all__ = [
     "BackboneSpec",
@@ -100,13 +100,13 @@ BACKBONES = {
     "convnext_tiny": BackboneSpec("ConvNeXtTiny", "raw", 224, "convnext_tiny_notop.h5"),
     "compact_cnn": BackboneSpec(None, "unit", 64),
     # Published affect models, converted from the weights file the user downloaded
-    # (affectnet_tf.emonet, affectnet_tf.hsemotion; python -m affectnet_tf.convert).
+    # (affectnet_tf.published.emonet, affectnet_tf.published.hsemotion; python -m affectnet_tf.convert).
     "emonet": BackboneSpec(
         None,
         "unit",
         256,
-        builder="affectnet_tf.emonet:emonet_backbone",
-        weights_loader="affectnet_tf.emonet:load_backbone_weights",
+        builder="affectnet_tf.published.emonet:emonet_backbone",
+        weights_loader="affectnet_tf.published.emonet:load_backbone_weights",
         pretrained="emonet_8.pth or emonet_5.pth",
         min_size=64,
     ),
@@ -114,16 +114,16 @@ BACKBONES = {
         None,
         "raw",
         224,
-        builder="affectnet_tf.hsemotion:hsemotion_backbone_b0",
-        weights_loader="affectnet_tf.hsemotion:load_backbone_weights",
+        builder="affectnet_tf.published.hsemotion:hsemotion_backbone_b0",
+        weights_loader="affectnet_tf.published.hsemotion:load_backbone_weights",
         pretrained="an HSEmotion enet_b0_*.onnx file",
     ),
     "hsemotion_enet_b2": BackboneSpec(
         None,
         "raw",
         260,
-        builder="affectnet_tf.hsemotion:hsemotion_backbone_b2",
-        weights_loader="affectnet_tf.hsemotion:load_backbone_weights",
+        builder="affectnet_tf.published.hsemotion:hsemotion_backbone_b2",
+        weights_loader="affectnet_tf.published.hsemotion:load_backbone_weights",
         pretrained="an HSEmotion enet_b2_*.onnx file",
     ),
     # half the filters (about 4x fewer operations) and batch statistics that follow a short
@@ -270,7 +270,7 @@ class ImagePreprocessing(keras.layers.Layer):
     """Raw RGB images of any size -> the backbone's input: resize, then scale.
 
     Resizing is bilinear with anti-aliasing, rounded to whole ``uint8`` levels, exactly as
-    :func:`affectnet_tf.images.resize_image` (``RESIZE_METHOD``), so a model sees the same
+    :func:`affectnet_tf.data.images.resize_image` (``RESIZE_METHOD``), so a model sees the same
     pixels in training (images resized by the pipeline; resizing to the same size is the
     identity) and in use (images of any size). Then ``x * scale + offset`` per channel, after
     RGB -> BGR for the ``caffe`` mode.

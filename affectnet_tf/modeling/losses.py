@@ -1,7 +1,7 @@
 """Masked losses for single-label targets: a missing label adds nothing to the loss.
 
 Missing markers: ``-1`` for a class index, an all-zero row for a distribution, ``NaN`` for a
-valence/arousal value (the markers of :func:`affectnet_tf.data.make_dataset` for ``task="all"``).
+valence/arousal value (the markers of :func:`affectnet_tf.data.pipeline.make_dataset` for ``task="all"``).
 
 One reduction rule for every masked loss of the package, these and ``crowd_layers``' alike: the
 loss of a batch is the sum over its observed labels divided by their number (never by the batch

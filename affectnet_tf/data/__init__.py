@@ -1,0 +1,1 @@
+"""The input pipeline: TFDS splits to batches of images and targets, and the one image decode/resize path."""

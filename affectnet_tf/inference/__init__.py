@@ -1,0 +1,1 @@
+"""Inference: face crops, videos, and the predictor used by the predict command and the server."""

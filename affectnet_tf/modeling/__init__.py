@@ -1,0 +1,1 @@
+"""Backbones, task heads and models, losses and metrics."""

@@ -1,0 +1,1 @@
+"""Published PyTorch affect models (EmoNet, HSEmotion) converted into Keras."""
