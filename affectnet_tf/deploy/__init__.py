@@ -1,0 +1,1 @@
+"""Deployment: export to SavedModel, TFLite and ONNX with checked parity, and the prediction server."""
