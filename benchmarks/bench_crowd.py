@@ -62,6 +62,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--batch-size", type=int, default=64, help="(a) batch size (default: 64)")
     parser.add_argument(
+        "--annotators",
+        type=int,
+        nargs="+",
+        default=None,
+        help="(a) numbers of annotators (default: 25 59 1000; 59 with --quick)",
+    )
+    parser.add_argument(
         "--inner-steps",
         type=int,
         default=32,
@@ -71,6 +78,12 @@ def parse_args(argv=None):
         "--max-iter", type=int, default=100, help="(b) EM iterations (default: 100)"
     )
     parser.add_argument("--tol", type=float, default=1e-5, help="(b) EM tolerance (default: 1e-5)")
+    parser.add_argument(
+        "--items",
+        type=int,
+        default=None,
+        help="(b) simulated items (default: 200000; 20000 with --quick)",
+    )
     parser.add_argument("--ds-worker", choices=("ours", "crowdkit"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -252,7 +265,7 @@ def bench_layers(args):
     import crowd_layers
 
     reference_cls = reference_layer_class()
-    annotator_counts = (59,) if args.quick else (25, 59, 1000)
+    annotator_counts = args.annotators or ((59,) if args.quick else (25, 59, 1000))
     repeats, block = (3, 0.02) if args.quick else (7, 0.2)
     num_features = 64
     rng = np.random.default_rng(0)
@@ -449,6 +462,7 @@ def bench_dawid_skene(args):
         print("(b) skipped: crowd-kit is not installed. Run `pip install crowd-kit` to compare.")
         return None
     n_items, n_annotators, per_item = (20_000, 50, 5) if args.quick else (200_000, 100, 5)
+    n_items = args.items or n_items
     items, annotators, labels, truth = simulate_crowd(n_items, n_annotators, NUM_CLASSES, per_item)
     print(
         f"\n(b) Dawid-Skene on a simulated sparse crowd: {n_items:,} items x {n_annotators} "
