@@ -121,15 +121,16 @@ def _nan_landmarks():
 def _decode(name, path, notes):
     """(image, None) or (None, skipped Outcome); the decode's note goes into ``notes``.
 
-    The whole image is decoded once, strictly (`_images.decode_image_checked`): a JPEG corrupt
-    mid-stream is skipped as `CORRUPT_JPEG_DATA`, other undecodable files as `CORRUPT_IMAGE`.
+    The whole image is decoded once, strictly (`_images.decode_source_image_checked`): a JPEG
+    corrupt mid-stream is skipped as `CORRUPT_JPEG_DATA`, other undecodable files as
+    `CORRUPT_IMAGE`.
     """
     try:
         data = read_bytes(path)
     except tf.errors.NotFoundError as error:
         return None, _generation.skipped(name, MISSING_IMAGE, error.message)
     try:
-        decoded = _images.decode_image_checked(data)
+        decoded = _images.decode_source_image_checked(data)
     except _images.CorruptJpegDataError as error:
         return None, _generation.skipped(name, CORRUPT_JPEG_DATA, str(error))
     except _images.CorruptImageError as error:

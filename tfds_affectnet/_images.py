@@ -32,13 +32,13 @@ __all__ = [
     "DecodedImage",
     "JPEG_NOT_CHECKED",
     "JPEG_QUALITY",
-    "decode_image",
-    "decode_image_checked",
+    "decode_source_image",
+    "decode_source_image_checked",
     "encode_jpeg",
     "clip_box",
     "square_box",
     "crop_square",
-    "resize_image",
+    "resize_for_storage",
     "transform_landmarks",
     "crop_face",
     "resize_face",
@@ -90,8 +90,10 @@ class DecodedImage(NamedTuple):
     detail: str = ""
 
 
-def decode_image(data):
-    """Decodes image bytes by content into a uint8 RGB array of shape (height, width, 3).
+def decode_source_image(data):
+    """Decodes the bytes of a source image file (AffectNet's) by content, strictly, into a uint8
+    RGB array of shape (height, width, 3). Not the runtime decode of training and serving
+    (``affectnet_tf.decode_image``): this one refuses damaged files so a builder can skip them.
 
     Args:
         data: the encoded file content (JPEG, PNG, BMP, ... whatever its file name says).
@@ -105,11 +107,11 @@ def decode_image(data):
         CorruptJpegDataError: a JPEG corrupt inside its data (libjpeg decodes it with warnings).
         CorruptImageError: the bytes are empty, truncated or not a decodable image.
     """
-    return decode_image_checked(data).image
+    return decode_source_image_checked(data).image
 
 
-def decode_image_checked(data):
-    """`decode_image`, and whether the strict JPEG check ran: a `DecodedImage`.
+def decode_source_image_checked(data):
+    """`decode_source_image`, and whether the strict JPEG check ran: a `DecodedImage`.
 
     A JPEG is decoded with libjpeg-turbo's warnings as errors. The warning "unknown JFIF revision
     number" and, in a sequential JPEG, "Invalid SOS parameters" are about header fields libjpeg
@@ -137,7 +139,7 @@ def decode_image_checked(data):
 
 
 def _decode_jpeg(data):
-    """Strict libjpeg-turbo decode of JPEG bytes (see `decode_image_checked`)."""
+    """Strict libjpeg-turbo decode of JPEG bytes (see `decode_source_image_checked`)."""
     for _ in range(3):  # at most two harmless header warnings to correct
         try:
             return DecodedImage(simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True))
@@ -306,8 +308,9 @@ def crop_square(image, x0, y0, side):
     return out
 
 
-def resize_image(image, size):
-    """Resizes to ``size x size``: ``INTER_AREA`` when shrinking, ``INTER_CUBIC`` when enlarging."""
+def resize_for_storage(image, size):
+    """Resizes a crop to the stored ``size x size`` of a builder: ``INTER_AREA`` when shrinking,
+    ``INTER_CUBIC`` when enlarging (``affectnet_tf.resize_image`` is the runtime resize)."""
     height, width = image.shape[:2]
     if (height, width) == (size, size):
         return image
@@ -357,7 +360,7 @@ def crop_face(image, box, margin, size, landmarks=None):
     height, width = image.shape[:2]
     box, _ = clip_box(box, width, height)
     x0, y0, side = square_box(*box, margin)
-    face = resize_image(crop_square(image, x0, y0, side), size)
+    face = resize_for_storage(crop_square(image, x0, y0, side), size)
     if landmarks is not None:
         landmarks = transform_landmarks(landmarks, (x0, y0), (size / side, size / side))
     return face, landmarks
@@ -366,7 +369,7 @@ def crop_face(image, box, margin, size, landmarks=None):
 def resize_face(image, size, landmarks=None):
     """Resizes an already cropped face (the 8-label release) and scales its landmarks."""
     height, width = image.shape[:2]
-    face = resize_image(image, size)
+    face = resize_for_storage(image, size)
     if landmarks is not None:
         landmarks = transform_landmarks(landmarks, (0, 0), (size / width, size / height))
     return face, landmarks

@@ -15,10 +15,12 @@ clip at a time, its frames in batches.
 import dataclasses
 import json
 import os
+import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from tqdm.auto import tqdm
 
 from tfds_affectnet import _generation, _images, face_crops, video_frames
 
@@ -28,7 +30,8 @@ __all__ = [
     "NOT_A_VIDEO",
     "VideoFacesConfig",
     "ClipProcessor",
-    "clip_features",
+    "clip_feature_spec",
+    "frame_bar",
     "generate_clips",
     "list_videos",
 ]
@@ -89,7 +92,7 @@ class VideoFacesConfig(tfds.core.BuilderConfig):
         )
 
 
-def clip_features(class_names, crop_size):
+def clip_feature_spec(class_names, crop_size):
     """The FeaturesDict of a video builder."""
     return tfds.features.FeaturesDict(
         {
@@ -122,6 +125,22 @@ def list_videos(folder):
     return videos, others
 
 
+def frame_bar(name):
+    """A progress bar over the frames of one clip (``tqdm`` on the standard error, its total
+    set once the video is open, gone when done), shown only when the standard error is a
+    terminal: TFDS's own bar counts the clips, this one the minutes inside a long clip."""
+    return tqdm(
+        desc=name, unit="frame", leave=False, disable=None, file=sys.stderr, dynamic_ncols=True
+    )
+
+
+def _advance(bar, stats):
+    """Moves ``bar`` to the frames read so far (and sets its total from the container)."""
+    if bar.total is None and stats.frame_count:
+        bar.total = stats.frame_count
+    bar.update(stats.frames_read - bar.n)
+
+
 @dataclasses.dataclass
 class ClipProcessor:
     """Turns one row ``{"file_name", "path", "label"}`` into an `_generation.Outcome`.
@@ -142,6 +161,7 @@ class ClipProcessor:
         name = row["file_name"]
         stats = video_frames.VideoStats(name=name)
         images, frames, boxes, scores = [], [], [], []
+        bar = frame_bar(name)
         try:
             for frame_faces in video_frames.iter_video_faces(
                 row["path"], self.cropper, self.sampler, self.cache, stats
@@ -152,9 +172,12 @@ class ClipProcessor:
                     frames.append(frame_faces.index)
                     boxes.append(faces.boxes[i])
                     scores.append(faces.scores[i])
+                _advance(bar, stats)
         except video_frames.UnreadableVideoError as error:
             self.face_report.add_unreadable(name, error)
             return _generation.skipped(name, UNREADABLE_VIDEO, str(error))
+        finally:
+            bar.close()
         self.face_report.add(stats)
         example = {
             "clip_name": name,

@@ -16,7 +16,7 @@ from tfds_affectnet.synthetic_faces import (
     SyntheticFacesConfig,
     calibrate,
     draw_face,
-    faces,
+    drawing,
     sample_face,
     simulate_answers,
     simulated_annotators,
@@ -116,7 +116,7 @@ def test_faces_are_drawn_deterministically_and_differ_by_class():
     assert np.mean([f["brow_angle"] for f in sad]) > 0.6
     with pytest.raises(ValueError, match="expression"):
         sample_face(8, rng)
-    assert faces.PROTOTYPES.shape == (8, len(faces.FEATURES))
+    assert drawing.PROTOTYPES.shape == (8, len(drawing.FEATURES))
 
 
 @pytest.mark.parametrize(

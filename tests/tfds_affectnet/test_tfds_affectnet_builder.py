@@ -302,7 +302,7 @@ def clipped_and_unclipped_crops(image, box, size, margin=0.1):
     crops = []
     for each in (clipped, box):
         x0, y0, side = _images.square_box(*each, margin)
-        crop = _images.resize_image(_images.crop_square(image, x0, y0, side), size)
+        crop = _images.resize_for_storage(_images.crop_square(image, x0, y0, side), size)
         crops.append(tf.io.decode_jpeg(_images.encode_jpeg(crop), channels=3).numpy())
     return clipped, crops[0], crops[1]
 

@@ -24,12 +24,12 @@ def picture(rng):
 
 def test_decode_png_bytes_whatever_the_name(picture):
     # A PNG stored under a .jpg name: only the bytes matter.
-    decoded = _images.decode_image(_encode(picture, ".png"))
+    decoded = _images.decode_source_image(_encode(picture, ".png"))
     np.testing.assert_array_equal(decoded, picture)
 
 
 def test_decode_jpeg_is_rgb(picture):
-    decoded = _images.decode_image(_encode(picture, ".jpg"))
+    decoded = _images.decode_source_image(_encode(picture, ".jpg"))
     assert decoded.shape == picture.shape
     assert decoded[0, 0, 0] > 150 and decoded[0, 0, 2] < 60
 
@@ -37,7 +37,7 @@ def test_decode_jpeg_is_rgb(picture):
 def test_decode_grey_png_gives_three_channels():
     grey = np.arange(48, dtype=np.uint8).reshape(6, 8)
     ok, buffer = cv2.imencode(".png", grey)
-    decoded = _images.decode_image(buffer.tobytes())
+    decoded = _images.decode_source_image(buffer.tobytes())
     assert decoded.shape == (6, 8, 3)
     np.testing.assert_array_equal(decoded[..., 0], grey)
 
@@ -53,7 +53,7 @@ def test_decode_grey_png_gives_three_channels():
 )
 def test_decode_rejects_corrupt_files(picture, make_bytes, match):
     with pytest.raises(_images.CorruptImageError, match=match):
-        _images.decode_image(make_bytes(picture))
+        _images.decode_source_image(make_bytes(picture))
 
 
 def test_square_box_centre_and_margin():
@@ -129,13 +129,13 @@ def test_resize_uses_area_when_shrinking(monkeypatch):
         return real_resize(image, dsize, interpolation=interpolation)
 
     monkeypatch.setattr(_images.cv2, "resize", spy)
-    _images.resize_image(np.zeros((64, 64, 3), np.uint8), 32)
-    _images.resize_image(np.zeros((16, 16, 3), np.uint8), 32)
+    _images.resize_for_storage(np.zeros((64, 64, 3), np.uint8), 32)
+    _images.resize_for_storage(np.zeros((16, 16, 3), np.uint8), 32)
     assert calls == [cv2.INTER_AREA, cv2.INTER_CUBIC]
 
 
 def test_encode_jpeg_round_trip(picture):
-    decoded = _images.decode_image(_images.encode_jpeg(picture))
+    decoded = _images.decode_source_image(_images.encode_jpeg(picture))
     assert decoded.shape == picture.shape
     assert np.abs(decoded.astype(int) - picture.astype(int)).mean() < 10
 
@@ -172,7 +172,7 @@ def test_decode_rejects_jpeg_corrupt_mid_stream(textured_jpeg, kind, position, s
     assert damaged.endswith(b"\xff\xd9") and damaged[:600] == textured_jpeg[:600]
     assert _opencv_decodes(damaged)  # OpenCV only warns on stderr and returns an image
     with pytest.raises(_images.CorruptImageError, match="Corrupt JPEG data") as error:
-        _images.decode_image(damaged)
+        _images.decode_source_image(damaged)
     assert error.type is _images.CorruptJpegDataError
     assert "mid-stream" in str(error.value)
 
@@ -182,7 +182,7 @@ def test_decode_keeps_clean_jpeg_bit_identical_to_opencv(textured_jpeg):
     opencv = cv2.cvtColor(
         cv2.imdecode(np.frombuffer(textured_jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
     )
-    decoded = _images.decode_image_checked(textured_jpeg)
+    decoded = _images.decode_source_image_checked(textured_jpeg)
     np.testing.assert_array_equal(decoded.image, opencv)
     assert (decoded.note, decoded.detail) == ("", "")
 
@@ -207,14 +207,14 @@ def test_harmless_header_warnings_keep_the_image_and_the_check(textured_jpeg, da
     """Header fields libjpeg warns about and then ignores do not drop a clean image, and do not
     hide a corruption further on."""
     value = 62 if damage is _with_spectral_end else 2
-    clean = _images.decode_image(textured_jpeg)
-    decoded = _images.decode_image_checked(damage(textured_jpeg, value))
+    clean = _images.decode_source_image(textured_jpeg)
+    decoded = _images.decode_source_image_checked(damage(textured_jpeg, value))
     np.testing.assert_array_equal(decoded.image, clean)
     assert decoded.note == ""
     corrupt = damage(make_dummy_data.corrupt_jpeg_mid_stream(textured_jpeg), value)
     assert _opencv_decodes(corrupt)
     with pytest.raises(_images.CorruptJpegDataError, match="Corrupt JPEG data"):
-        _images.decode_image(corrupt)
+        _images.decode_source_image(corrupt)
 
 
 def test_jpeg_the_strict_decoder_cannot_read_goes_to_opencv_with_a_note(textured_jpeg, monkeypatch):
@@ -222,12 +222,12 @@ def test_jpeg_the_strict_decoder_cannot_read_goes_to_opencv_with_a_note(textured
         raise ValueError("tjDecompressHeader3(): unsupported layout")
 
     monkeypatch.setattr(_images.simplejpeg, "decode_jpeg", refuse)
-    decoded = _images.decode_image_checked(textured_jpeg)
+    decoded = _images.decode_source_image_checked(textured_jpeg)
     assert decoded.image.shape == (64, 64, 3)
     assert decoded.note == _images.JPEG_NOT_CHECKED
     assert "unsupported layout" in decoded.detail
     with pytest.raises(_images.CorruptImageError, match="not a decodable image"):
-        _images.decode_image_checked(b"\xff\xd8" + b"\x00" * 50 + b"\xff\xd9")
+        _images.decode_source_image_checked(b"\xff\xd8" + b"\x00" * 50 + b"\xff\xd9")
 
 
 @pytest.mark.parametrize("fix_crc", [False, True], ids=["bad_crc", "crc_recomputed"])
@@ -245,7 +245,7 @@ def test_decode_rejects_png_corrupt_mid_stream(rng, fix_crc):
         data[start + length : start + length + 4] = struct.pack(">I", crc)
     assert data.endswith(b"IEND\xaeB`\x82")
     with pytest.raises(_images.CorruptImageError, match="not a decodable image"):
-        _images.decode_image(bytes(data))
+        _images.decode_source_image(bytes(data))
 
 
 # --- face boxes bound by the image ------------------------------------------------------------
@@ -298,7 +298,7 @@ def test_crop_face_crops_around_the_clipped_box():
     np.testing.assert_allclose(landmarks, [[4.0 + 1.0, 24.0 - 18.0]])
     # Not the square of the unclipped box (x -6..10, y 18..34), half black.
     x0, y0, side = _images.square_box(*box, 0.0)
-    unclipped = _images.resize_image(_images.crop_square(image, x0, y0, side), 12)
+    unclipped = _images.resize_for_storage(_images.crop_square(image, x0, y0, side), 12)
     assert np.abs(unclipped.astype(int) - face.astype(int)).mean() > 20
 
 
@@ -307,5 +307,5 @@ def test_crop_face_keeps_boxes_inside_the_image_as_they_were():
     face, _ = _images.crop_face(image, (20, 10, 20, 20), 0.1, 24)
     x0, y0, side = _images.square_box(20, 10, 20, 20, 0.1)
     np.testing.assert_array_equal(
-        face, _images.resize_image(_images.crop_square(image, x0, y0, side), 24)
+        face, _images.resize_for_storage(_images.crop_square(image, x0, y0, side), 24)
     )

@@ -1,7 +1,9 @@
 """The ``afew`` and ``vgaf`` builders on dummy layouts of tiny generated clips (real faces)."""
 
+import io
 import json
 import os
+import sys
 
 import make_face_clips
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tfds_affectnet
-from tfds_affectnet import AfewConfig, VgafConfig, labels
+from tfds_affectnet import AfewConfig, VgafConfig, _video_examples, labels, video_frames
 from tfds_affectnet.afew import afew_dataset_builder
 from tfds_affectnet.vgaf import read_vgaf_labels, vgaf_dataset_builder
 
@@ -112,6 +114,28 @@ def test_box_cache_makes_a_rebuild_detect_nothing(afew):
     a = _examples(builder, "train")["Sad/sad_1"]["faces"]["box"]
     b = _examples(bigger, "train")["Sad/sad_1"]["faces"]["box"]
     np.testing.assert_array_equal(a, b)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_clip_frames_bar_only_on_a_terminal(tmp_path, monkeypatch, capsys):
+    """A bar over a clip's frames when the standard error is a terminal, none in a log."""
+    clip = str(tmp_path / "clip.avi")
+    make_face_clips.write_clip(clip, 4)
+    config = _config(AfewConfig)
+    processor = _video_examples.ClipProcessor(
+        config.cropper("largest"), config.sampler(), None, video_frames.FaceReport()
+    )
+    row = {"file_name": "Happy/clip", "path": clip, "label": 1}
+    assert processor(row).example["num_frames"] == 2
+    assert "Happy/clip" not in capsys.readouterr().err
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert processor(row).example["num_frames"] == 2
+    assert "Happy/clip: " in terminal.getvalue() and "frame" in terminal.getvalue()
 
 
 def test_vgaf_examples_and_skips(vgaf):

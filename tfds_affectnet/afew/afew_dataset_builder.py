@@ -102,7 +102,7 @@ rebuild with another crop size does not run MTCNN again.
         return tfds.core.DatasetInfo(
             builder=self,
             description=_DESCRIPTION,
-            features=_video_examples.clip_features(
+            features=_video_examples.clip_feature_spec(
                 labels.EXPRESSION_NAMES_7, self.builder_config.crop_size
             ),
             supervised_keys=("faces", "label"),

@@ -9,7 +9,7 @@ from tfds_affectnet.synthetic_faces.annotators import (
     simulate_answers,
     simulated_annotators,
 )
-from tfds_affectnet.synthetic_faces.faces import draw_face, sample_face
+from tfds_affectnet.synthetic_faces.drawing import draw_face, sample_face
 from tfds_affectnet.synthetic_faces.synthetic_faces_dataset_builder import (
     Builder,
     SyntheticFacesConfig,

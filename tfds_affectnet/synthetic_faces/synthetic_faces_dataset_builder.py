@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tfds_affectnet import _examples, labels
-from tfds_affectnet.synthetic_faces import annotators, faces
+from tfds_affectnet.synthetic_faces import annotators, drawing
 
 __all__ = ["SPLITS", "SyntheticFacesConfig", "Builder", "split_classes", "make_example"]
 
@@ -111,8 +111,8 @@ def make_example(config, crowd, split, index, expression):
     """``(key, features)`` of image ``index`` of ``split``; its own seed, so order-free."""
     stream = _SPLIT_STREAMS[split]
     rng = np.random.default_rng([config.seed, stream, index, 0])
-    face = faces.sample_face(int(expression), rng)
-    image = faces.draw_face(face, config.image_size, rng)
+    face = drawing.sample_face(int(expression), rng)
+    image = drawing.draw_face(face, config.image_size, rng)
     answers = np.random.default_rng([config.seed, stream, index, 1])
     truth = (face["expression"], face["valence"], face["arousal"])
     crowd_exp, crowd_val, crowd_aro = annotators.simulate_answers(

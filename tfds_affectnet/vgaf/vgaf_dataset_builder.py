@@ -138,7 +138,9 @@ rebuild with another crop size does not run MTCNN again.
         return tfds.core.DatasetInfo(
             builder=self,
             description=_DESCRIPTION,
-            features=_video_examples.clip_features(VGAF_CLASS_NAMES, self.builder_config.crop_size),
+            features=_video_examples.clip_feature_spec(
+                VGAF_CLASS_NAMES, self.builder_config.crop_size
+            ),
             supervised_keys=("faces", "label"),
             homepage=_HOMEPAGE,
             citation=_CITATION,

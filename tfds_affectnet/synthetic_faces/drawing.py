@@ -165,97 +165,105 @@ def _mouth(face):
     return upper, lower
 
 
-def draw_face(face, size, rng):
-    """Draws ``face`` (from :func:`sample_face`) on a ``size`` x ``size`` RGB ``uint8`` image.
+def _fill(image, xy, colour, transform):
+    """Fills the polygon ``xy`` (face coordinates), anti-aliased."""
+    cv2.fillPoly(image, [_points(xy, transform)], colour, cv2.LINE_AA, _SHIFT)
 
-    The nuisance variables (pose, skin, lighting, background, noise, occlusion) are drawn from
-    ``rng``.
-    """
-    size = int(size)
+
+def _stroke(image, xy, closed, colour, thickness, transform):
+    """Draws the polyline ``xy`` (face coordinates), anti-aliased."""
+    cv2.polylines(image, [_points(xy, transform)], closed, colour, thickness, cv2.LINE_AA, _SHIFT)
+
+
+def _background(size, rng):
+    """A ``size`` x ``size`` image of one random colour with clutter shapes."""
     background = rng.uniform(30, 230, 3)
     image = np.empty((size, size, 3), np.uint8)
     image[:] = _colour(background)
     _clutter(image, rng, size)
+    return image
 
+
+def _pose(size, rng):
+    """``(half_width, centre, transform)``: the face's size, position and rotation; the
+    transform maps face coordinates to image pixels."""
     half_width = rng.uniform(0.26, 0.36) * size
     centre = np.array([size / 2, size / 2]) + rng.uniform(-0.1, 0.1, 2) * size
     angle = np.deg2rad(rng.uniform(-15.0, 15.0))
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     transform = np.concatenate([half_width * rotation, centre[:, None]], axis=1)
-    thick = max(1, int(round(size / 40)))
+    return half_width, centre, transform
 
-    tone = _SKIN_TONES[int(rng.integers(len(_SKIN_TONES)))] * rng.uniform(0.9, 1.1, 3)
-    skin = _colour(tone)
-    dark = _colour(tone * 0.3)
-    lip = _colour(tone * np.array([0.75, 0.45, 0.45]))
-    cv2.fillPoly(
-        image, [_points(_ellipse(0, 0.05, 1.0, 1.3), transform)], skin, cv2.LINE_AA, _SHIFT
-    )
+
+def _draw_head(image, transform, skin, rng):
+    """The head, the ears and the hair (its colour drawn from ``rng``)."""
+    _fill(image, _ellipse(0, 0.05, 1.0, 1.3), skin, transform)
     for side in (-1, 1):  # ears
-        ear = _ellipse(side * 0.98, 0.0, 0.14, 0.25)
-        cv2.fillPoly(image, [_points(ear, transform)], skin, cv2.LINE_AA, _SHIFT)
+        _fill(image, _ellipse(side * 0.98, 0.0, 0.14, 0.25), skin, transform)
     hair = np.concatenate(
         [_ellipse(0, 0.05, 1.02, 1.32, np.pi, 2 * np.pi), [[0.8, -0.7], [-0.8, -0.7]]]
     )
-    cv2.fillPoly(
-        image, [_points(hair, transform)], _colour(rng.uniform(10, 120, 3)), cv2.LINE_AA, _SHIFT
-    )
+    _fill(image, hair, _colour(rng.uniform(10, 120, 3)), transform)
 
-    # eyes: white ellipse, iris; openness scales the height
+
+def _draw_eyes(image, face, transform, dark, thick):
+    """Eyes: white ellipse, iris; openness scales the height."""
     eye_height = 0.16 * face["eye_open"]
     for side in (-1, 1):
         eye = _ellipse(side * 0.4, -0.15, 0.2, eye_height)
-        cv2.fillPoly(image, [_points(eye, transform)], (245, 245, 245), cv2.LINE_AA, _SHIFT)
-        iris = _ellipse(side * 0.4, -0.15, 0.085, min(0.085, eye_height))
-        cv2.fillPoly(image, [_points(iris, transform)], dark, cv2.LINE_AA, _SHIFT)
-        cv2.polylines(image, [_points(eye, transform)], True, dark, thick, cv2.LINE_AA, _SHIFT)
+        _fill(image, eye, (245, 245, 245), transform)
+        _fill(image, _ellipse(side * 0.4, -0.15, 0.085, min(0.085, eye_height)), dark, transform)
+        _stroke(image, eye, True, dark, thick, transform)
 
-    # brows: inner end (near the nose) moves with the angle, both with the height
+
+def _draw_brows(image, face, transform, dark, thick):
+    """Brows: the inner end (near the nose) moves with the angle, both ends with the height."""
     brow_y = -0.45 - 0.16 * face["brow_height"]
     for side in (-1, 1):
         inner = [side * 0.14, brow_y - 0.13 * face["brow_angle"]]
         outer = [side * 0.66, brow_y + 0.05 * face["brow_angle"]]
         middle = [side * 0.4, min(inner[1], outer[1]) - 0.05]
-        brow = np.array([inner, middle, outer])
-        cv2.polylines(
-            image, [_points(brow, transform)], False, dark, 2 * thick, cv2.LINE_AA, _SHIFT
-        )
+        _stroke(image, np.array([inner, middle, outer]), False, dark, 2 * thick, transform)
 
-    # nose, and the wrinkle lines of disgust beside it
+
+def _draw_nose(image, face, transform, dark, thick):
+    """The nose, and the wrinkle lines of disgust beside it."""
     nose = np.array([[-0.02, -0.1], [-0.1, 0.22], [0.08, 0.25]])
-    cv2.polylines(image, [_points(nose, transform)], False, dark, thick, cv2.LINE_AA, _SHIFT)
-    if face["nose_wrinkle"] > 0.15:
-        for side in (-1, 1):
-            for k in range(2):
-                y0 = 0.0 + 0.09 * k
-                line = np.array(
-                    [[side * 0.12, y0], [side * (0.12 + 0.2 * face["nose_wrinkle"]), y0 - 0.06]]
-                )
-                cv2.polylines(
-                    image, [_points(line, transform)], False, dark, thick, cv2.LINE_AA, _SHIFT
-                )
+    _stroke(image, nose, False, dark, thick, transform)
+    if face["nose_wrinkle"] <= 0.15:
+        return
+    for side in (-1, 1):
+        for k in range(2):
+            y0 = 0.0 + 0.09 * k
+            line = np.array(
+                [[side * 0.12, y0], [side * (0.12 + 0.2 * face["nose_wrinkle"]), y0 - 0.06]]
+            )
+            _stroke(image, line, False, dark, thick, transform)
 
+
+def _draw_mouth(image, face, transform, inside, lip, thick):
+    """The mouth: an open one filled with ``inside`` and outlined, a closed one a lip line."""
     upper, lower = _mouth(face)
     if face["mouth_open"] > 0.08:
         polygon = np.concatenate([upper, lower[::-1]])
-        cv2.fillPoly(
-            image, [_points(polygon, transform)], _colour(tone * 0.15), cv2.LINE_AA, _SHIFT
-        )
-        cv2.polylines(
-            image, [_points(polygon, transform)], True, lip, 2 * thick, cv2.LINE_AA, _SHIFT
-        )
+        _fill(image, polygon, inside, transform)
+        _stroke(image, polygon, True, lip, 2 * thick, transform)
     else:
-        cv2.polylines(
-            image, [_points(upper, transform)], False, lip, 2 * thick, cv2.LINE_AA, _SHIFT
-        )
+        _stroke(image, upper, False, lip, 2 * thick, transform)
 
-    if rng.random() < 0.25:  # partial occlusion: a patch over part of the face
+
+def _occlude(image, rng, centre, half_width):
+    """A patch over part of the face, on a quarter of the faces."""
+    if rng.random() < 0.25:
         side = rng.uniform(0.25, 0.45) * 2 * half_width
         x, y = centre + rng.uniform(-1.0, 1.0, 2) * half_width - side / 2
         corners = (int(x), int(y)), (int(x + side), int(y + side * rng.uniform(0.5, 1.0)))
         cv2.rectangle(image, *corners, _colour(rng.uniform(0, 255, 3)), -1)
 
-    # lighting: brightness and a directional gradient, then sensor noise
+
+def _light(image, rng):
+    """Lighting (brightness and a directional gradient), then sensor noise: the final image."""
+    size = image.shape[0]
     light = rng.uniform(0.65, 1.25)
     direction = rng.normal(size=2)
     direction /= np.linalg.norm(direction) + 1e-12
@@ -265,3 +273,25 @@ def draw_face(face, size, rng):
     )
     noisy = image * (light * gradient)[..., None] + rng.normal(0.0, rng.uniform(2, 10), image.shape)
     return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+
+
+def draw_face(face, size, rng):
+    """Draws ``face`` (from :func:`sample_face`) on a ``size`` x ``size`` RGB ``uint8`` image.
+
+    The nuisance variables (pose, skin, lighting, background, noise, occlusion) are drawn from
+    ``rng``, always in the same order: background, pose, skin tone, hair, occlusion, light.
+    """
+    size = int(size)
+    image = _background(size, rng)
+    half_width, centre, transform = _pose(size, rng)
+    thick = max(1, int(round(size / 40)))
+    tone = _SKIN_TONES[int(rng.integers(len(_SKIN_TONES)))] * rng.uniform(0.9, 1.1, 3)
+    dark = _colour(tone * 0.3)
+    _draw_head(image, transform, _colour(tone), rng)
+    _draw_eyes(image, face, transform, dark, thick)
+    _draw_brows(image, face, transform, dark, thick)
+    _draw_nose(image, face, transform, dark, thick)
+    lip = _colour(tone * np.array([0.75, 0.45, 0.45]))
+    _draw_mouth(image, face, transform, _colour(tone * 0.15), lip, thick)
+    _occlude(image, rng, centre, half_width)
+    return _light(image, rng)
