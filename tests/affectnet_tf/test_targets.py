@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from affectnet_tf.data import pipeline as data
+from affectnet_tf.data.targets import build_targets
 
 
 def _table():
@@ -38,7 +38,7 @@ def _table():
 
 
 def test_majority_vote_target_drops_rows_without_answers():
-    targets, keep, classes, extras = data.build_targets(_table(), task="exp", target="mv")
+    targets, keep, classes, extras = build_targets(_table(), task="exp", target="mv")
     np.testing.assert_array_equal(keep, [True, True, True, False, True])
     assert targets[0] == 1 and targets[1] == 7 and targets[4] == 2
     assert targets[2] in (3, 4)
@@ -49,29 +49,29 @@ def test_majority_vote_target_drops_rows_without_answers():
 
 def test_soft_and_ds_targets_are_distributions():
     for target in ("soft", "ds"):
-        targets, keep, _, _ = data.build_targets(_table(), task="exp", target=target)
+        targets, keep, _, _ = build_targets(_table(), task="exp", target=target)
         assert targets.shape == (5, 8)
         np.testing.assert_allclose(targets[keep].sum(axis=1), 1.0, atol=1e-5)
         np.testing.assert_array_equal(targets[3], 0.0)
-    soft, _, _, _ = data.build_targets(_table(), task="exp", target="soft")
+    soft, _, _, _ = build_targets(_table(), task="exp", target="soft")
     np.testing.assert_allclose(soft[0], [0, 0.75, 0.25, 0, 0, 0, 0, 0])
 
 
 def test_crowd_target_is_the_answer_matrix():
-    targets, keep, _, _ = data.build_targets(_table(), task="exp", target="cv")
+    targets, keep, _, _ = build_targets(_table(), task="exp", target="cv")
     np.testing.assert_array_equal(targets, _table()["crowd_expression"])
     assert not keep[3]
 
 
 def test_seven_classes_drop_contempt():
-    targets, keep, _, extras = data.build_targets(_table(), task="exp", target="mv", num_classes=7)
+    targets, keep, _, extras = build_targets(_table(), task="exp", target="mv", num_classes=7)
     assert not keep[1]  # majority contempt
     assert targets[4] == 2
     assert extras["dropped"]["expression_majority_contempt"] == 1
-    cv, _, _, _ = data.build_targets(_table(), task="exp", target="cv", num_classes=7)
+    cv, _, _, _ = build_targets(_table(), task="exp", target="cv", num_classes=7)
     assert (cv != 7).all()
     np.testing.assert_array_equal(cv[4], [2, -1, 2, -1])
-    original, keep, _, extras = data.build_targets(
+    original, keep, _, extras = build_targets(
         _table(), task="exp", target="original", num_classes=7
     )
     np.testing.assert_array_equal(keep, [True, False, False, True, True])
@@ -79,45 +79,45 @@ def test_seven_classes_drop_contempt():
 
 
 def test_original_expression_excludes_codes_8_to_10():
-    targets, keep, _, extras = data.build_targets(_table(), task="exp", target="original")
+    targets, keep, _, extras = build_targets(_table(), task="exp", target="original")
     np.testing.assert_array_equal(keep, [True, True, False, True, True])
     assert extras["dropped"] == {"expression_not_a_label": 1}
 
 
 def test_va_mean_median_ignore_missing_and_invalid():
-    mean, keep, _, _ = data.build_targets(_table(), task="val", target="mean")
+    mean, keep, _, _ = build_targets(_table(), task="val", target="mean")
     np.testing.assert_allclose(mean[0], 0.75)
     np.testing.assert_allclose(mean[2], 0.25 / 3)  # the -2 answer is not a value
     assert not keep[3]
-    median, _, _, _ = data.build_targets(_table(), task="val", target="median")
+    median, _, _, _ = build_targets(_table(), task="val", target="median")
     np.testing.assert_allclose(median[4], -0.75)
 
 
 def test_va_original_drops_minus_two():
-    targets, keep, _, extras = data.build_targets(_table(), task="va", target="original")
+    targets, keep, _, extras = build_targets(_table(), task="va", target="original")
     assert set(targets) == {"valence", "arousal"}
     np.testing.assert_array_equal(keep, [True, True, False, True, True])
     assert extras["dropped"] == {"valence_not_a_label": 1, "arousal_not_a_label": 1}
 
 
 def test_va_crowd_target_masks_invalid_answers():
-    targets, _, _, _ = data.build_targets(_table(), task="val", target="cv")
+    targets, _, _, _ = build_targets(_table(), task="val", target="cv")
     assert targets.shape == (5, 4)
     assert np.isnan(targets[2, 3])  # -2 is not a value
     assert np.isnan(targets[0, 3])  # no answer
-    arousal, _, _, _ = data.build_targets(_table(), task="aro", target="cv")
+    arousal, _, _, _ = build_targets(_table(), task="aro", target="cv")
     assert arousal[2, 3] == -1.0  # half of -2 is a valid arousal
 
 
 def test_all_task_keeps_partial_rows_with_missing_markers():
-    targets, keep, _, _ = data.build_targets(_table(), task="all", target="mv")
+    targets, keep, _, _ = build_targets(_table(), task="all", target="mv")
     assert set(targets) == {"expression", "valence", "arousal"}
     assert not keep[3]  # nothing at all
     table = _table()
-    targets, keep, _, _ = data.build_targets(table, task="all", target="original")
+    targets, keep, _, _ = build_targets(table, task="all", target="original")
     assert not keep[2]  # expression 9 and valence/arousal -2: no label at all
     table["affectnet_arousal"][2] = 0.3
-    targets, keep, _, _ = data.build_targets(table, task="all", target="original")
+    targets, keep, _, _ = build_targets(table, task="all", target="original")
     assert keep[2]
     assert targets["expression"][2] == -1 and np.isnan(targets["valence"][2])
     np.testing.assert_allclose(targets["arousal"][2], 0.3)
@@ -131,8 +131,8 @@ def test_crowd_target_on_single_label_dataset_is_an_error():
         "arousal": np.array([0.1], np.float32),
     }
     with pytest.raises(ValueError, match="needs crowd answers.*target='cv'"):
-        data.build_targets(table, task="exp", target="cv")
-    targets, keep, _, _ = data.build_targets(table, task="exp", target="original")
+        build_targets(table, task="exp", target="cv")
+    targets, keep, _, _ = build_targets(table, task="exp", target="original")
     assert targets[0] == 1 and keep[0]
 
 
@@ -148,19 +148,19 @@ def test_crowd_target_on_single_label_dataset_is_an_error():
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        data.build_targets(_table(), **kwargs)
+        build_targets(_table(), **kwargs)
 
 
 def test_ties_are_broken_by_the_file_name_in_every_order():
     from tfds_affectnet import labels
 
     table = _table()
-    targets, _, _, extras = data.build_targets(table, task="exp", target="mv")
+    targets, _, _, extras = build_targets(table, task="exp", target="mv")
     expected, tied = labels.majority_labels(table["crowd_expression"], table["file_name"], 8)
     assert targets[2] == expected[2] and tied.tolist() == [False, False, True, False, False]
     # no seed argument any more, and reversing the rows keeps each image's label
     reversed_table = {key: value[::-1] for key, value in table.items()}
-    again, _, _, _ = data.build_targets(reversed_table, task="exp", target="mv")
+    again, _, _, _ = build_targets(reversed_table, task="exp", target="mv")
     np.testing.assert_array_equal(again[::-1], targets)
     # a tie's label follows the name's hash: over many names both tied classes occur
     names = np.array([f"tie{i}.jpg".encode() for i in range(200)])
@@ -179,7 +179,7 @@ def test_dawid_skene_targets_are_fitted_on_the_training_rows_only():
         "crowd_expression": answers,
     }
     fit_rows = np.arange(60) < 40
-    targets, _, _, _ = data.build_targets(table, task="exp", target="ds", fit_rows=fit_rows)
+    targets, _, _, _ = build_targets(table, task="exp", target="ds", fit_rows=fit_rows)
     model = crowd_layers.DawidSkene(num_classes=8, convergence="log_likelihood", max_iter=1000)
     model.fit(answers[fit_rows])
     assert model.n_iter_ > 2  # run to convergence, not crowd-kit's early stop
@@ -187,11 +187,32 @@ def test_dawid_skene_targets_are_fitted_on_the_training_rows_only():
     # the held-out rows' answers do not move the training rows' targets
     changed = answers.copy()
     changed[~fit_rows] = (changed[~fit_rows] + 1) % 8
-    other, _, _, _ = data.build_targets(
+    other, _, _, _ = build_targets(
         {**table, "crowd_expression": changed}, task="exp", target="ds", fit_rows=fit_rows
     )
     np.testing.assert_allclose(other[fit_rows], targets[fit_rows])
-    crowdkit, _, _, _ = data.build_targets(
+    crowdkit, _, _, _ = build_targets(
         table, task="exp", target="ds", fit_rows=fit_rows, ds_convergence="crowdkit"
     )
     assert not np.allclose(crowdkit, targets)
+
+
+def test_default_va_target_follows_the_expression_target():
+    from affectnet_tf.data import targets
+
+    assert [targets.default_va_target(t) for t in ("mv", "cv", "original", "median")] == [
+        "mean",
+        "cv",
+        "original",
+        "median",
+    ]
+    with pytest.raises(ValueError, match="target='vote'"):
+        targets.default_va_target("vote")
+    assert targets.TASKS == tuple(targets.TASK_HEADS) == ("exp", "aro", "val", "va", "all")
+
+
+def test_truth_target_needs_the_truth_feature():
+    with pytest.raises(ValueError, match=r"no truth feature \(true_expression\)"):
+        build_targets(_table(), task="exp", target="true")
+    with pytest.raises(ValueError, match="no true_valence feature"):
+        build_targets(_table(), task="val", target="true")
