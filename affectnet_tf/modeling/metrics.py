@@ -15,8 +15,9 @@ The label metrics are computed by ``sklearn.metrics`` (``accuracy_score``,
 ``precision_recall_fscore_support``, and ``roc_auc_score`` / ``average_precision_score`` per
 class for the one-vs-rest averages), Pearson's correlation by ``scipy.stats.pearsonr``; this
 module adds the conventions above (missing labels, the classes left out, NaN with a warning)
-and Krippendorff's alpha (:func:`crowd_layers.krippendorff_alpha`). The tests check the values
-against scikit-learn's multi-class calls and the ``krippendorff`` package.
+and Krippendorff's alpha of two raters (:func:`krippendorff_alpha_pair`, by
+:func:`crowd_layers.krippendorff_alpha`). The tests check the values against scikit-learn's
+multi-class calls and the ``krippendorff`` package.
 
 Reference: A. Mollahosseini, B. Hasani, M. H. Mahoor, "AffectNet: A Database for Facial
 Expression, Valence, and Arousal Computing in the Wild", IEEE Trans. Affective Computing 10(1),
@@ -41,7 +42,7 @@ __all__ = [
     "f1",
     "macro_f1",
     "cohen_kappa",
-    "krippendorff_alpha",
+    "krippendorff_alpha_pair",
     "auc",
     "aucpr",
     "confusion_matrix",
@@ -194,11 +195,25 @@ def cohen_kappa(y_true, y_pred):
     return _sklearn(sk_metrics.cohen_kappa_score, y_true, y_pred)
 
 
-def krippendorff_alpha(y_true, y_pred, num_classes=None):
-    """Nominal Krippendorff's alpha of labels and predictions as two coders of each example."""
+def krippendorff_alpha_pair(y_true, y_pred, num_classes=None):
+    """Nominal Krippendorff's alpha of two raters: the labels and the predictions as the two
+    coders of each example (:func:`crowd_layers.krippendorff_alpha` scores many raters).
+
+    Args:
+        y_true: class indices ``(N,)``; ``-1`` (no label) is ignored.
+        y_pred: class indices ``(N,)`` or probabilities ``(N, K)`` (argmax taken).
+        num_classes: the number of classes (default: the largest index seen, plus one).
+
+    Returns:
+        The alpha; NaN (warned) without a labelled example or with fewer than 2 distinct labels.
+
+    Example:
+        >>> round(krippendorff_alpha_pair([0, 1, 1], [0, 1, 0]), 4)
+        0.4444
+    """
     y_true, y_pred = _labels(y_true, y_pred)
     if not len(y_true):
-        return _undefined("krippendorff_alpha: no labelled example")
+        return _undefined("krippendorff_alpha_pair: no labelled example")
     if num_classes is None:
         num_classes = int(max(y_true.max(), y_pred.max()) + 1)
     with warnings.catch_warnings():
@@ -207,7 +222,7 @@ def krippendorff_alpha(y_true, y_pred, num_classes=None):
             np.stack([y_true, y_pred], axis=1), num_classes=num_classes
         )
     if np.isnan(value):
-        return _undefined("krippendorff_alpha: fewer than 2 distinct labels")
+        return _undefined("krippendorff_alpha_pair: fewer than 2 distinct labels")
     return value
 
 
@@ -287,7 +302,7 @@ def expression_metrics(y_true, probabilities, num_classes=8):
         "f1_macro": f1(y_labels, probabilities, "macro"),
         "f1_weighted": f1(y_labels, probabilities, "weighted"),
         "kappa": cohen_kappa(y_labels, probabilities),
-        "alpha": krippendorff_alpha(y_labels, probabilities, num_classes),
+        "alpha": krippendorff_alpha_pair(y_labels, probabilities, num_classes),
         "auc": auc(y_labels, probabilities, num_classes),
         "aucpr": aucpr(y_labels, probabilities, num_classes),
     }

@@ -4,6 +4,7 @@ independent computation."""
 
 import collections
 import json
+import logging
 import re
 
 import krippendorff
@@ -12,7 +13,9 @@ import pandas as pd
 import pytest
 from sklearn import metrics as sk
 
-from affectnet_tf import agreement
+from affectnet_tf import agreement as agreement_command
+from affectnet_tf import progress
+from affectnet_tf.evaluation import agreement, c25
 from tfds_affectnet import labels
 
 # 4 items, 3 annotators, 3 classes; -1 = no answer
@@ -37,7 +40,7 @@ def test_leave_one_out_majorities_by_hand():
 
 
 def test_keyed_majorities_are_the_package_majority_labels(c25_csv_dir):
-    table, _ = agreement.read_c25_csvs(c25_csv_dir, sets=("set1",))
+    table, _ = c25.read_c25_csvs(c25_csv_dir, sets=("set1",))
     answers, names = table["set1"]["crowd_expression"], table["set1"]["file_name"]
     expected, tied = labels.majority_labels(answers, names, 8)
     assert tied.sum() == 40  # SOURCE.md: 40 tied images in set 1
@@ -182,18 +185,18 @@ def test_command_line_on_hand_written_csvs(tmp_path, capsys):
     training.to_csv(tmp_path / "training.csv", index=False)
     out = tmp_path / "agreement.json"
     argv = ["--csv-dir", str(tmp_path), "--training-csv", str(tmp_path / "training.csv")]
-    assert agreement.main(argv + ["--json", str(out), "--per-annotator"]) == 0
+    assert agreement_command.main(argv + ["--json", str(out), "--per-annotator"]) == 0
     printed = capsys.readouterr().out
     for text in ("AffectNetC25 set1", "AffectNetC25 set2", "Krippendorff's alpha", "Fleiss' kappa"):
         assert text in printed
     assert re.search(r"expression accuracy vs leave-one-out majority\s+[-\d.]+\s+[-\d.]+", printed)
     saved = json.loads(out.read_text())
     assert set(saved) == {"set1", "set2"}
-    results = agreement.csv_agreement(tmp_path, training_csv=tmp_path / "training.csv")
+    results = c25.csv_agreement(tmp_path, training_csv=tmp_path / "training.csv")
     for set_name in ("set1", "set2"):
         assert saved[set_name] == json.loads(json.dumps(results[set_name]))
     # C25 code 7 is canonical neutral (0): item 0 is unanimous, so every annotator matches it
-    table, _ = agreement.read_c25_csvs(tmp_path)
+    table, _ = c25.read_c25_csvs(tmp_path)
     assert (table["set1"]["crowd_expression"][0] == 0).all()
     assert table["set1"]["crowd_expression"][1, 0] == -1
     # original labels: set2's last image is "no face" (10), counted out of the comparison
@@ -205,13 +208,47 @@ def test_command_line_on_hand_written_csvs(tmp_path, capsys):
     )
 
 
+@pytest.fixture
+def command_logging():
+    """Puts the package's logger back as it was after a command configured it (no bars)."""
+    logger = logging.getLogger(progress.LOGGER_NAME)
+    saved = list(logger.handlers), logger.level, logger.propagate
+    yield
+    progress.configure_logging(level=logging.WARNING)
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+
+
+def test_quiet_removes_the_status_lines_and_verbose_shows_the_bars(
+    tmp_path, capsys, command_logging
+):
+    _write_c25_csvs(tmp_path)
+    out = tmp_path / "figures.json"
+    assert agreement_command.main(["--csv-dir", str(tmp_path), "--json", str(out)]) == 0
+    default = capsys.readouterr()
+    assert f"Reading the AffectNetC25 CSVs in {tmp_path}" in default.err
+    assert "Scoring set1: 4 images, 25 annotators" in default.err
+    assert f"Wrote {out}" in default.err
+    assert "AffectNetC25 set1" in default.out and "Reading" not in default.out
+    assert agreement_command.main(["--csv-dir", str(tmp_path), "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.out == default.out
+    assert "Reading" not in quiet.err and "Scoring" not in quiet.err
+    # --verbose shows the progress bars over the annotators on any standard error
+    assert agreement_command.main(["--csv-dir", str(tmp_path), "--verbose"]) == 0
+    verbose = capsys.readouterr()
+    assert verbose.out == default.out
+    assert "leave-one-out votes" in verbose.err and "scoring annotators" in verbose.err
+
+
 def test_command_line_errors_name_the_folder(tmp_path, capsys):
-    assert agreement.main(["--csv-dir", str(tmp_path / "none")]) == 2
+    assert agreement_command.main(["--csv-dir", str(tmp_path / "none")]) == 2
     error = capsys.readouterr().err
     assert str(tmp_path / "none") in error and "expression_set1_C25.csv" in error
     with pytest.raises(ValueError, match="Unknown C25 sets"):
         _write_c25_csvs(tmp_path)
-        agreement.read_c25_csvs(tmp_path, sets=("set3",))
+        c25.read_c25_csvs(tmp_path, sets=("set3",))
 
 
 def _independent_figures(csv_dir, set_name):
@@ -250,7 +287,7 @@ def _independent_figures(csv_dir, set_name):
 
 
 def test_real_c25_per_annotator_figures_match_an_independent_computation(c25_csv_dir):
-    results = agreement.csv_agreement(c25_csv_dir, tie_break="lowest")
+    results = c25.csv_agreement(c25_csv_dir, tie_break="lowest")
     for set_name in ("set1", "set2"):
         result = results[set_name]
         assert result["n_items"] == 800 and result["n_annotators"] == 25
@@ -260,7 +297,7 @@ def test_real_c25_per_annotator_figures_match_an_independent_computation(c25_csv
         np.testing.assert_allclose(ours, _independent_figures(c25_csv_dir, set_name), atol=1e-10)
         assert 0 < result["crowd"]["alpha"] < 1 and 0 < result["crowd"]["fleiss_kappa"] < 1
     # the file-name rule (the default) changes only the 40 / 30 tied images' references
-    default = agreement.csv_agreement(c25_csv_dir, sets=("set1",))["set1"]
+    default = c25.csv_agreement(c25_csv_dir, sets=("set1",))["set1"]
     difference = abs(
         default["summary"]["accuracy"]["mean"] - results["set1"]["summary"]["accuracy"]["mean"]
     )

@@ -1,21 +1,27 @@
 """Evaluation end to end on tiny runs: metrics.json and the report folder written by training and
-by ``python -m affectnet_tf.evaluate``, a self-contained HTML page, real PNGs of known sizes."""
+by ``python -m affectnet_tf.evaluate``, a self-contained HTML page, real PNGs of known sizes,
+the typed evaluation options and the command's status lines."""
 
 import base64
+import dataclasses
 import json
+import logging
 import math
 import re
 import struct
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from affectnet_tf import evaluate
+from affectnet_tf import evaluate as evaluate_command
+from affectnet_tf import progress
 from affectnet_tf.data import pipeline as data
-from affectnet_tf.evaluation import reports
+from affectnet_tf.evaluation import annotators, evaluate, plots, predictions, split_agreement
+from affectnet_tf.evaluation.options import EvaluationOptions
 from affectnet_tf.modeling import metrics, models
-from affectnet_tf.train import train
 from affectnet_tf.training.config import RunConfig, data_roles
+from affectnet_tf.training.run import train
 from tfds_affectnet import labels
 
 STORED = 32  # the stored image side of the dummy data (tests/affectnet_tf/conftest.py)
@@ -28,6 +34,18 @@ def _png_size(data):
     length, kind = struct.unpack(">I4s", data[8:16])
     assert kind == b"IHDR" and length == 13
     return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture
+def command_logging():
+    """Puts the package's logger back as it was after a command configured it (no bars)."""
+    logger = logging.getLogger(progress.LOGGER_NAME)
+    saved = list(logger.handlers), logger.level, logger.propagate
+    yield
+    progress.configure_logging(level=logging.WARNING)
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
 
 
 def _config(data_dir, output_dir, **overrides):
@@ -52,9 +70,9 @@ def _config(data_dir, output_dir, **overrides):
 
 @pytest.fixture(scope="module")
 def crowd_run(train_data_dir, tmp_path_factory):
-    """A crowd run (target cv) on every head: expression, valence and arousal."""
+    """A crowd run (target cv) on every head: expression, valence and arousal; one epoch."""
     run = tmp_path_factory.mktemp("evaluate") / "run"
-    result = train(_config(train_data_dir, run, task="all", target="cv"))
+    result = train(_config(train_data_dir, run, task="all", target="cv", epochs=1))
     return run, result
 
 
@@ -117,11 +135,26 @@ def test_training_writes_metrics_and_self_contained_report(crowd_run):
     assert "Note (expression): auc: " in markdown
 
 
-def test_evaluate_command_reproduces_the_training_metrics(crowd_run, tmp_path, capsys):
+def test_evaluate_command_reproduces_the_training_metrics(
+    crowd_run, tmp_path, capsys, command_logging
+):
     run, result = crowd_run
     out = tmp_path / "eval"
-    assert evaluate.main(["--model-dir", str(run), "--output-dir", str(out), "--no-report"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    assert (
+        evaluate_command.main(["--model-dir", str(run), "--output-dir", str(out), "--no-report"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)  # the standard output holds the JSON only
+    # status lines on the standard error; --quiet removes them, the results stay
+    assert "Evaluating on affectnet_c25 set1 (test)" in captured.err
+    assert f"Wrote {out / 'metrics.json'}" in captured.err
+    quiet = tmp_path / "quiet"
+    argv = ["--model-dir", str(run), "--output-dir", str(quiet), "--no-report", "--quiet"]
+    assert evaluate_command.main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == printed
+    assert "Evaluating on" not in captured.err and "Wrote" not in captured.err
     saved = json.loads((out / "metrics.json").read_text())
     trained = json.loads((run / "metrics.json").read_text())
     assert not (out / "report").exists()
@@ -154,9 +187,29 @@ def test_evaluate_run_on_another_split_and_target(crowd_run, tmp_path):
         evaluate.evaluate_run(run, split="set1", subset="all", output_dir=tmp_path)
 
 
-def test_exp_run_without_crowd_layer_has_no_annotator_section(train_data_dir, tmp_path):
+def _history(run_dir, heads):
+    """A run folder's ``history.csv`` of two epochs: the total loss and one per head."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    columns = ["loss"] + [f"{head}_loss" for head in heads]
+    frame = {"epoch": [0, 1], **{c: [1.0, 0.5] for c in columns}}
+    frame.update({f"val_{c}": [1.1, 0.6] for c in columns})
+    pd.DataFrame(frame).to_csv(run_dir / "history.csv", index=False)
+
+
+def test_exp_model_without_crowd_layer_has_no_annotator_section(train_data_dir, tmp_path):
+    """A 7-class expression model (no crowd layer) on the C25 split: the agreement section but
+    no annotator section, and no contempt row. An untrained model: the report is the subject
+    (training's own evaluation is covered by ``crowd_run``)."""
     run = tmp_path / "run"
-    train(_config(train_data_dir, run, task="exp", target="mv", num_classes=7, epochs=1))
+    _history(run, ["expression"])
+    model = models.build_model(
+        "compact_cnn", task="exp", target="mv", num_classes=7, weights=None, image_size=32
+    ).prediction_model
+    config = RunConfig(dataset="affectnet_c25/set1", stored_image_size=STORED, num_classes=7)
+    options = dataclasses.replace(
+        EvaluationOptions.for_run(config, data_roles(config), 32), data_dir=str(train_data_dir)
+    )
+    evaluate.evaluate_model(model, output_dir=run, dataset_options=options)
     saved = json.loads((run / "metrics.json").read_text())
     assert set(saved) >= {"expression", "agreement"} and "valence" not in saved
     assert len(saved["agreement"]["annotators"]) == 25
@@ -174,30 +227,40 @@ def test_errors_name_the_missing_path(tmp_path, capsys):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=re.escape(str(empty / "model.keras"))):
         evaluate.evaluate_run(empty)
-    assert evaluate.main(["--model-dir", str(missing)]) == 2
+    assert evaluate_command.main(["--model-dir", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
 
 
 def test_annotator_grid_puts_true_matrices_beside_learned(rng):
     learned = rng.dirichlet(np.ones(8), size=(7, 8))
-    alone = reports.plot_annotator_confusions(learned, ["a"] * 8, columns=5)
-    assert reports.figure_size(alone) == (1100, 480)  # 5 per row, 2 rows
-    beside = reports.plot_annotator_confusions(learned, ["a"] * 8, true=learned, columns=5)
-    assert reports.figure_size(beside) == (2200, 480)
+    alone = plots.plot_annotator_confusions(learned, ["a"] * 8, columns=5)
+    assert plots.figure_size(alone) == (1100, 480)  # 5 per row, 2 rows
+    beside = plots.plot_annotator_confusions(learned, ["a"] * 8, true=learned, columns=5)
+    assert plots.figure_size(beside) == (2200, 480)
     assert len([a for a in beside.axes if a.images]) == 14
     with pytest.raises(ValueError, match="shape"):
-        reports.plot_annotator_confusions(learned, ["a"] * 8, true=learned[:3])
+        plots.plot_annotator_confusions(learned, ["a"] * 8, true=learned[:3])
 
 
-def test_synthetic_crowd_run_shows_true_annotators_beside_learned(tmp_path):
+def test_synthetic_crowd_run_shows_true_annotators_beside_learned(synthetic_faces_tiny, tmp_path):
+    """A crowd model's annotators (``annotators.npz``, as training saves them) beside the true
+    simulated ones of synthetic_faces, scored against the truth (the run's default)."""
+    data_dir, _ = synthetic_faces_tiny
     run = tmp_path / "run"
-    config = _config(
-        tmp_path / "tfds", run, dataset="synthetic_faces/tiny", task="all", target="cv", epochs=1
+    _history(run, ["expression", "valence", "arousal"])
+    built = models.build_model(
+        "compact_cnn", task="all", target="cv", num_annotators=25, weights=None, image_size=32
     )
-    config.pop("stored_image_size")
-    config.pop("selection_fraction")
-    config.pop("test_fraction")
-    train(config)
+    np.savez(run / "annotators.npz", **models.crowd_layer_weights(built.training_model))
+    config = RunConfig(dataset="synthetic_faces/tiny", data_dir=str(data_dir), target="cv")
+    options = EvaluationOptions.for_run(config, data_roles(config), 32, batch_size=16)
+    evaluate.evaluate_model(
+        built.prediction_model,
+        output_dir=run,
+        dataset_options=options,
+        split=options.split,
+        extra={"target": options.target},
+    )
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["split"] == "test" and saved["target"] == "true"
     assert saved["agreement"]["n_annotators"] == 25
@@ -206,17 +269,17 @@ def test_synthetic_crowd_run_shows_true_annotators_beside_learned(tmp_path):
     markdown = (run / "report" / "report.md").read_text()
     assert "beside the true simulated ones" in markdown
     assert "correlation with the true simulated value" in markdown
-    assert evaluate._simulated_annotators("affectnet_c25", builder=None) is None
+    assert annotators.simulated_annotators("affectnet_c25", builder=None) is None
 
 
 def test_va_plot_switches_to_densities(rng):
-    many = {d: rng.uniform(-1, 1, reports.DENSITY_THRESHOLD + 1) for d in ("valence", "arousal")}
-    figure = reports.plot_va(many, many)
-    assert reports.figure_size(figure) == (2000, 500)
+    many = {d: rng.uniform(-1, 1, plots.DENSITY_THRESHOLD + 1) for d in ("valence", "arousal")}
+    figure = plots.plot_va(many, many)
+    assert plots.figure_size(figure) == (2000, 500)
     assert all(axis.collections for axis in figure.axes)
     assert not any(type(c).__name__ == "PathCollection" for a in figure.axes for c in a.collections)
-    one = reports.plot_va({"valence": many["valence"][:10]}, {"valence": many["valence"][:10]})
-    assert reports.figure_size(one) == (500, 500)
+    one = plots.plot_va({"valence": many["valence"][:10]}, {"valence": many["valence"][:10]})
+    assert plots.figure_size(one) == (500, 500)
     assert math.isclose(len(one.axes), 1)
 
 
@@ -232,8 +295,8 @@ def test_agreement_majority_breaks_ties_by_the_file_name():
     majority, is_tied = labels.majority_labels(answers, names, 8)
     assert is_tied.all() and np.any(majority != tied.min(axis=1))  # not the lowest class
     table = {"file_name": names, "crowd_expression": answers}
-    result = evaluate.split_agreement(
-        table, np.arange(n), {"expression": np.eye(8)[majority]}, {}, num_classes=8
+    result = split_agreement.split_agreement(
+        table, np.arange(n), {"expression": np.eye(8)[majority]}, None, num_classes=8
     )
     assert result["annotators"][0]["n"] == n
     assert result["annotators"][0]["model_accuracy"] == 1.0
@@ -257,13 +320,13 @@ def test_model_runs_once_over_the_split(train_data_dir, tmp_path, monkeypatch):
         "compact_cnn", task="all", target="mv", weights=None, image_size=32
     ).prediction_model
     passes = []
-    original = evaluate.predict_split
+    original = predictions.predict_split
 
-    def counted(model, dataset, heads, keep_examples=0):
+    def counted(model, dataset, heads, keep_examples=0, total=None):
         passes.append(heads)
-        return original(model, dataset, heads, keep_examples)
+        return original(model, dataset, heads, keep_examples, total)
 
-    monkeypatch.setattr(evaluate, "predict_split", counted)
+    monkeypatch.setattr(predictions, "predict_split", counted)
     once = evaluate.evaluate_model(
         model,
         dataset_options={**options, "target": "mv", "va_target": "mean"},
@@ -281,3 +344,62 @@ def test_model_runs_once_over_the_split(train_data_dir, tmp_path, monkeypatch):
     assert "model_vs_original" in saved["agreement"]
     with pytest.raises(ValueError, match="dataset=None"):
         evaluate.evaluate_model(model, dataset, dataset_options={**options, "target": "mv"})
+
+
+def _options(**overrides):
+    return EvaluationOptions(
+        **{"name": "affectnet_c25/set1", "split": "set1", "image_size": 32, **overrides}
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("name", ""),
+        ("split", None),
+        ("image_size", 0),
+        ("batch_size", 2.5),
+        ("batch_size", True),
+        ("subset", "validation"),
+        ("target", "majority"),
+        ("va_target", "mv"),
+        ("partition", 0.25),
+    ],
+)
+def test_evaluation_options_name_the_wrong_field(field, value):
+    with pytest.raises(ValueError, match=rf"^`{field}` must .*Received: {field}={value!r}$"):
+        _options(**{field: value})
+
+
+def test_evaluation_options_are_frozen_and_read_from_a_dict():
+    options = _options(subset="test", target="mv", data_dir=STORED)
+    assert options.batch_size == 32 and options.data_dir == "32"
+    assert options.title == "affectnet_c25/set1 set1 (test)"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.batch_size = 8
+    mapping = {"name": "affectnet_c25/set1", "split": "set1", "image_size": np.int64(32)}
+    assert EvaluationOptions.from_mapping(mapping) == _options()
+    assert isinstance(EvaluationOptions.from_mapping(mapping).image_size, int)
+    with pytest.raises(ValueError, match=r"Unknown evaluation options \['image_sise'\]"):
+        EvaluationOptions.from_mapping({**mapping, "image_sise": 32})
+    with pytest.raises(ValueError, match=r"need \['split'\]"):
+        EvaluationOptions.from_mapping({"name": "affectnet", "image_size": 32})
+
+
+def test_evaluation_options_of_a_run_take_its_defaults_and_the_flags():
+    config = RunConfig(
+        dataset="affectnet_c25/set1", stored_image_size=STORED, target="cv", batch_size=4
+    )
+    roles = data_roles(config)
+    options = EvaluationOptions.for_run(config, roles, 32)
+    assert (options.name, options.split, options.subset) == (roles.dataset_name, "set1", "test")
+    assert (options.target, options.va_target, options.batch_size) == ("mv", "mean", 4)
+    assert options.partition == roles.partition_of(roles.test, config.partition)
+    flagged = EvaluationOptions.for_run(
+        config, roles, 64, target="original", va_target="median", batch_size=8
+    )
+    assert (flagged.target, flagged.va_target, flagged.batch_size) == ("original", "median", 8)
+    assert flagged.image_size == 64
+    synthetic = RunConfig(dataset="synthetic_faces/tiny")
+    options = EvaluationOptions.for_run(synthetic, data_roles(synthetic), 32)
+    assert (options.split, options.target, options.va_target) == ("test", "true", "true")

@@ -46,6 +46,18 @@ def test_expression_metrics_equal_sklearn_and_krippendorff(seed, num_classes):
         assert isinstance(result[key], float)
 
 
+def test_krippendorff_alpha_pair_scores_labels_and_predictions_as_two_raters():
+    # 3 examples, raters (0, 0), (1, 1), (1, 0): alpha = 4/9 by hand
+    assert metrics.krippendorff_alpha_pair([0, 1, 1], [0, 1, 0]) == pytest.approx(4 / 9)
+    # probabilities are argmaxed and unlabelled examples (-1) left out
+    probabilities = np.eye(3)[[0, 1, 0, 2]]
+    assert metrics.krippendorff_alpha_pair([0, 1, 1, -1], probabilities, 3) == pytest.approx(4 / 9)
+    with pytest.warns(RuntimeWarning, match="krippendorff_alpha_pair: no labelled example"):
+        assert np.isnan(metrics.krippendorff_alpha_pair([-1], [0]))
+    # the name no longer clashes with crowd_layers.krippendorff_alpha (many raters)
+    assert not hasattr(metrics, "krippendorff_alpha")
+
+
 def test_missing_labels_are_ignored_and_predictions_may_be_indices():
     y_true = np.array([0, 0, 1, 2, -1])
     y_pred = np.array([0, 1, 1, 2, 0])
