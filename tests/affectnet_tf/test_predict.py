@@ -12,6 +12,8 @@ import pytest
 import affectnet_tf
 from affectnet_tf import predict
 from affectnet_tf.inference import faces, video
+from affectnet_tf.inference.inputs import expand_inputs, predict_inputs
+from affectnet_tf.inference.predictor import RECORD_KEYS, Predictor, load_run_model
 
 pytest.importorskip("skimage", reason="scikit-image ships the astronaut test image")
 
@@ -40,6 +42,12 @@ def inputs(tmp_path_factory):
     broken = str(folder / "broken.avi")
     make_face_clips.write_corrupt_clip(broken)
     return {"images": str(images), "clip": clip, "broken": broken}
+
+
+@pytest.fixture(scope="module")
+def astronaut_faces():
+    """The astronaut's face, found and cropped (224) once for the tests of records."""
+    return faces.FaceCropper(mode="all").process([make_face_clips.astronaut()])[0]
 
 
 def _json_lines(text):
@@ -86,7 +94,7 @@ def test_records_of_every_frame_and_face(jsonl_run, inputs):
         "broken.avi",
     }
     (astronaut,) = by_source["astronaut.png"]
-    assert set(astronaut) == set(predict.RECORD_KEYS)
+    assert set(astronaut) == set(RECORD_KEYS)
     assert astronaut["frame"] == 0 and astronaut["score"] > 0.99
     assert faces.box_iou(astronaut["box"], make_face_clips.ASTRONAUT_FACE_BOX) > 0.85
     probabilities = astronaut["probabilities"]
@@ -106,13 +114,11 @@ def test_records_of_every_frame_and_face(jsonl_run, inputs):
     assert [r["box"] is None for r in clip] == [i in BLANK for i in range(CLIP_FRAMES)]
 
 
-def test_predictions_match_the_model_on_training_resized_crops(run_dir):
+def test_predictions_match_the_model_on_training_resized_crops(run_dir, astronaut_faces):
     """A record's numbers are the model's on the crop resized by affectnet_tf.data.images."""
-    model = predict.load_run_model(run_dir)
-    predictor = predict.Predictor(model, faces.FaceCropper(mode="all"))
-    image = make_face_clips.astronaut()
-    found = predictor.cropper.process([image])[0]
-    (record,) = predictor.records("x", 0, found)
+    model = load_run_model(run_dir)
+    found = astronaut_faces
+    (record,) = Predictor(model).records("x", 0, found)
     crop = np.asarray(affectnet_tf.resize_image(found.crops, 32))
     expected = model(crop, training=False)
     np.testing.assert_allclose(
@@ -154,21 +160,34 @@ def test_annotated_outputs(jsonl_run):
     capture.release()
 
 
-def test_progress_and_cache(run_dir, inputs, tmp_path, capsys):
+def test_progress_logging_and_cache(run_dir, inputs, tmp_path, capsys):
     argv = ["--model-dir", run_dir, inputs["clip"], "--cache-dir", str(tmp_path / "boxes")]
-    assert predict.main(argv + ["--progress-min-frames", "4"]) == 0
+    # --verbose: progress bars on any stderr, over the files and (4 frames or more) the frames.
+    assert predict.main(argv + ["--progress-min-frames", "4", "--verbose"]) == 0
     captured = capsys.readouterr()
-    assert f"{CLIP_FRAMES}/{CLIP_FRAMES}" in captured.err and "/frame" in captured.err
+    assert f"clip.avi:   0%|          | 0/{CLIP_FRAMES} [" in captured.err
+    assert "frame/s" in captured.err and "predicting:" in captured.err
     first = [json.loads(line) for line in captured.out.splitlines()]
     assert len(first) == CLIP_FRAMES
     (summary,) = _json_lines(captured.err)
     assert summary["frames_detected"] == CLIP_FRAMES
-    # Second pass: boxes from the cache, the same records, no progress bar (short video).
-    assert predict.main(argv) == 0
+    # Second pass: boxes from the cache, the same records; no frame bar (a short video).
+    assert predict.main(argv + ["--verbose"]) == 0
     captured = capsys.readouterr()
-    assert "/frame" not in captured.err
+    assert "frame/s" not in captured.err and "predicting:" in captured.err
     assert [json.loads(line) for line in captured.out.splitlines()] == first
     assert _json_lines(captured.err)[0]["frames_detected"] == 0
+    # Default verbosity: the status line, no bar (stderr is not a terminal).
+    assert predict.main(argv + ["--progress-min-frames", "4"]) == 0
+    captured = capsys.readouterr()
+    assert f"{CLIP_FRAMES} records; 1 video summaries." in captured.err
+    assert "frame/s" not in captured.err and "predicting:" not in captured.err
+    # --quiet: no status line; the records and the clip summary still print.
+    assert predict.main(argv + ["--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "records" not in captured.err
+    assert [json.loads(line) for line in captured.out.splitlines()] == first
+    assert len(_json_lines(captured.err)) == 1
 
 
 def test_csv_output_and_sampling(run_dir, inputs, tmp_path):
@@ -185,33 +204,30 @@ def test_csv_output_and_sampling(run_dir, inputs, tmp_path):
     assert rows[0]["expression"] == max(names, key=lambda n: float(rows[0][f"prob_{n}"]))
 
 
-def test_expression_only_model_has_null_valence(tmp_path, inputs):
-    run = make_face_clips.save_tiny_run(tmp_path / "run_exp", "exp")
-    predictor = predict.Predictor(predict.load_run_model(run))
-    records = []
-    predict.predict_inputs(
-        predictor, [os.path.join(inputs["images"], "astronaut.png")], records.append
+@pytest.mark.parametrize("task", ["exp", "va"])
+def test_single_task_models_have_null_outputs(task, astronaut_faces):
+    """An expression-only model's records have null valence and arousal; a valence/arousal
+    model's, null probabilities (models built in memory: loading is tested above)."""
+    built = affectnet_tf.build_model(
+        "compact_cnn", weights=None, task=task, image_size=32, dropout=0.0
     )
-    (record,) = records
-    assert record["expression"] is not None
-    assert record["valence"] is None and record["arousal"] is None
-    run = make_face_clips.save_tiny_run(tmp_path / "run_va", "va")
-    predictor = predict.Predictor(predict.load_run_model(run))
-    records = []
-    predict.predict_inputs(
-        predictor, [os.path.join(inputs["images"], "astronaut.png")], records.append
-    )
-    assert records[0]["probabilities"] is None and records[0]["valence"] is not None
+    (record,) = Predictor(built.prediction_model).records("x", 0, astronaut_faces)
+    if task == "exp":
+        assert record["expression"] is not None and sum(record["probabilities"].values()) > 0.99
+        assert record["valence"] is None and record["arousal"] is None
+    else:
+        assert record["expression"] is None and record["probabilities"] is None
+        assert -1 <= record["valence"] <= 1 and -1 <= record["arousal"] <= 1
 
 
 def test_bad_arguments(tmp_path, run_dir, inputs):
     with pytest.raises(FileNotFoundError, match="No model.keras"):
-        predict.load_run_model(tmp_path)
+        load_run_model(tmp_path)
     with pytest.raises(ValueError, match=r"\.jsonl, \.json or \.csv"):
         predict.main(["--model-dir", run_dir, inputs["clip"], "--output", str(tmp_path / "x.txt")])
     records = []
-    predictor = predict.Predictor(predict.load_run_model(run_dir))
-    _, problems = predict.predict_inputs(
+    predictor = Predictor(load_run_model(run_dir))
+    _, problems = predict_inputs(
         predictor, [str(tmp_path / "missing.png"), str(tmp_path)], records.append
     )
     assert problems == [
@@ -219,11 +235,20 @@ def test_bad_arguments(tmp_path, run_dir, inputs):
     ]
 
 
+def test_unreadable_inputs_are_a_warning_even_when_quiet(run_dir, tmp_path, capsys):
+    missing = str(tmp_path / "missing.png")
+    assert predict.main(["--model-dir", run_dir, missing, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    (record,) = [json.loads(line) for line in captured.out.splitlines()]
+    assert record["error"] == f"input not found: {missing}"
+    assert f"1 inputs could not be read (records with an 'error' key): {missing}" in captured.err
+
+
 def test_expand_inputs_walks_folders_in_order(tmp_path):
     for name in ("b.png", "a.avi", "c.txt", "sub/d.jpg"):
         os.makedirs(tmp_path / os.path.dirname(name), exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    found = [(os.path.relpath(p, tmp_path), kind) for p, kind in predict.expand_inputs([tmp_path])]
+    found = [(os.path.relpath(p, tmp_path), kind) for p, kind in expand_inputs([tmp_path])]
     assert found == [("a.avi", "video"), ("b.png", "image"), ("sub/d.jpg", "image")]
-    assert predict.expand_inputs(["x.mkv"]) == [("x.mkv", "video")]
+    assert expand_inputs(["x.mkv"]) == [("x.mkv", "video")]
     assert video.VIDEO_EXTENSIONS  # the video kinds come from affectnet_tf.inference.video
