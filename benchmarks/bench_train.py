@@ -8,7 +8,7 @@ pooled ``CrowdsPooled`` with ``PooledCrowdLikelihood``). One
 fit of ``--warmup`` steps traces and compiles; the next fit of ``--steps`` steps is timed.
 Weights are random (``weights=None``): the speed does not depend on them.
 
-``--command`` measures the training command instead: ``affectnet_tf.train.train`` with the
+``--command`` measures the training command instead: ``affectnet_tf.training.run.train`` with the
 demo's settings (``synthetic_faces/c25_dense``, ``compact_cnn_small`` from scratch at 64x64,
 batch 32, task ``all``, target ``mv``, no augmentation) against bare ``model.fit`` of the
 same model and losses on the same number of in-memory images: the ratio of their training
@@ -152,7 +152,9 @@ def command_ratio(data_dir, epochs, quick=False, seed=0):
 
     import tensorflow_datasets as tfds
 
-    from affectnet_tf import train as train_module
+    from affectnet_tf.training.config import RunConfig
+    from affectnet_tf.training.objectives import head_losses
+    from affectnet_tf.training.run import train
 
     dataset = "synthetic_faces/tiny" if quick else "synthetic_faces/c25_dense"
     size = 32 if quick else 64
@@ -173,7 +175,7 @@ def command_ratio(data_dir, epochs, quick=False, seed=0):
     )
     tfds.builder(dataset, data_dir=data_dir).download_and_prepare()
     with tempfile.TemporaryDirectory() as output_dir:
-        result = train_module.train({**settings, "output_dir": output_dir})
+        result = train({**settings, "output_dir": output_dir})
     images = result["info"]["num_examples"]
     command_epochs = result["history"]["train_seconds"][1:]
     command = images / float(np.median(command_epochs))
@@ -181,11 +183,11 @@ def command_ratio(data_dir, epochs, quick=False, seed=0):
     built = models.build_model(
         "compact_cnn_small", task="all", weights=None, image_size=size, dropout=0.2
     )
-    config = train_module.RunConfig.from_dict(settings)
+    config = RunConfig.from_dict(settings)
     heads = list(models.TASK_HEADS["all"])
     built.training_model.compile(
         keras.optimizers.Adam(3e-3),
-        loss=train_module.head_losses(config, heads),
+        loss=head_losses(config, heads),
         jit_compile=False,
     )
     rng = np.random.default_rng(seed)

@@ -17,6 +17,7 @@ Folders written by earlier versions (Keras' ``BackupAndRestore``: ``latest.weigh
 """
 
 import json
+import logging
 import os
 import re
 
@@ -31,7 +32,10 @@ __all__ = [
     "latest_generation",
     "restore_weights",
     "RunBackup",
+    "save_generation",
 ]
+
+logger = logging.getLogger(__name__)
 
 KEEP = 2  # generations kept per phase: the newest and the one to fall back to
 _RECORD = re.compile(r"^epoch_(\d+)\.json$")
@@ -125,10 +129,10 @@ def list_generations(backup_dir, phase_stop=None, legacy_marker=None):
     return sorted(found, key=lambda g: (g.epoch, g.problem is None), reverse=True)
 
 
-def latest_generation(backup_dir, phase_stop=None, legacy_marker=None, report=print):
+def latest_generation(backup_dir, phase_stop=None, legacy_marker=None, report=logger.warning):
     """The newest usable generation of a phase, or None when the phase has none at all.
 
-    Damaged generations passed over are reported (``report``, one line each).
+    Damaged generations passed over are reported (``report``, one line each: a warning).
 
     Raises:
         DamagedRunError: generations exist but none is usable.

@@ -2,7 +2,7 @@
 
 :class:`RunConfig` lists every setting once, with its type, default, choices and help; the
 command line (:func:`build_parser`), YAML files (``--config``), ``config.yaml`` in a run folder
-and :func:`affectnet_tf.train.train` all go through it.
+and :func:`affectnet_tf.training.run.train` all go through it.
 
 Data roles (:func:`data_roles`): every run uses three disjoint sets of images: ``train``
 (fitted), ``selection`` (picks the best epoch: ``--monitor`` on it after each epoch) and
@@ -31,14 +31,17 @@ import crowd_layers
 from affectnet_tf.data.pipeline import SUBSETS, TARGETS, TASKS, VA_TARGETS, Partition
 from affectnet_tf.modeling.backbones import BACKBONES
 from affectnet_tf.modeling.models import CROWD_LAYERS, VA_CROWD_LAYERS
+from affectnet_tf.progress import add_verbosity_flags
 
 __all__ = [
     "RunConfig",
     "Role",
     "DataRoles",
     "RESUME_NEUTRAL",
+    "NOT_SETTINGS",
     "build_parser",
     "parse_config",
+    "config_from_args",
     "load_config",
     "data_roles",
     "eval_targets",
@@ -49,6 +52,9 @@ STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu"
 
 # settings that may differ between a run and its resumption (where things are, not what runs)
 RESUME_NEUTRAL = ("resume", "overwrite", "output_dir", "data_dir", "manual_dir", "report")
+
+# flags of the training command that are no setting of the run (never in config.yaml)
+NOT_SETTINGS = ("config", "verbose", "quiet")
 
 
 def _setting(group, default, help_text, choices=None):
@@ -330,6 +336,7 @@ def build_parser():
             groups[group].add_argument(
                 flag, type=kind, choices=field.metadata["choices"], default=None, help=help_text
             )
+    add_verbosity_flags(groups["Output"])
     return parser
 
 
@@ -344,9 +351,18 @@ def load_config(path):
 
 def parse_config(argv=None):
     """Defaults, then the ``--config`` YAML, then the flags given: a :class:`RunConfig`."""
-    args = build_parser().parse_args(argv)
+    return config_from_args(build_parser().parse_args(argv))
+
+
+def config_from_args(args):
+    """The :class:`RunConfig` of parsed flags (:func:`build_parser`): defaults, then the
+    ``--config`` YAML, then the flags given. The flags that are no setting of the run
+    (:data:`NOT_SETTINGS`: ``--config``, ``--verbose``, ``--quiet``) are left out, so they are
+    neither saved in ``config.yaml`` nor compared on resuming."""
     settings = load_config(args.config) if args.config else {}
-    settings.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    settings.update(
+        {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS and v is not None}
+    )
     try:
         return RunConfig.from_dict(settings)
     except ValueError as error:
@@ -446,7 +462,7 @@ def data_roles(config):
     """The dataset and the train / selection / test :class:`Role` of a run (module docstring).
 
     Roles from the same split must be different subsets of its cut (the cut makes them
-    disjoint); :func:`affectnet_tf.train.train` also checks the file names.
+    disjoint); :func:`affectnet_tf.training.run.train` also checks the file names.
     """
     parts = config.dataset.split("/")
     base = parts[0]

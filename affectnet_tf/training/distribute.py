@@ -1,10 +1,13 @@
 """``tf.distribute`` strategies for the training command (``--strategy``)."""
 
+import logging
 import os
 
 import tensorflow as tf
 
 __all__ = ["make_strategy", "is_chief", "find_tpu"]
+
+logger = logging.getLogger(__name__)
 
 
 def _tpu_hinted():
@@ -32,7 +35,7 @@ def find_tpu():
     try:
         return _connect_tpu()
     except _TPU_ERRORS as error:
-        print(f"No TPU found ({type(error).__name__}: {error}); not using a TPU.")
+        logger.info("No TPU found (%s: %s); not using a TPU.", type(error).__name__, error)
         return None
 
 

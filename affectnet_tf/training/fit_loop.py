@@ -13,9 +13,11 @@ again from ``inf`` and overwrite a better epoch). Every file is written atomical
 (:mod:`affectnet_tf.files`): a run killed at any moment resumes.
 """
 
+import contextlib
 import csv
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
@@ -44,8 +46,15 @@ __all__ = [
     "HistoryLog",
     "TrainingDivergedError",
     "compile_model",
+    "truncate_history",
+    "exit_now",
+    "fit_verbosity",
+    "resume_point",
+    "phase_callbacks",
     "fit_phases",
 ]
+
+logger = logging.getLogger(__name__)
 
 FAIL_AT_STEP_ENV = "AFFECTNET_TF_FAIL_AT_STEP"  # tests: kill the process after this train step
 
@@ -270,8 +279,16 @@ class _FailAtStep(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.epoch * self.steps_per_epoch + batch + 1 == self.step:
-            sys.stdout.flush()
-            os._exit(3)
+            exit_now()
+
+
+def exit_now(code=3):
+    """Ends the process at once, as a kill would (the tests' ``AFFECTNET_TF_FAIL_AT_STEP``),
+    after flushing what it printed."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+    os._exit(code)
 
 
 def _history_rows(path):
@@ -283,7 +300,9 @@ def _history_rows(path):
         rows = list(csv.reader(stream))
     if not rows or not rows[0] or rows[0][0] != "epoch":
         if rows:
-            print(f"{path} is damaged (no header): its rows are dropped, new ones follow.")
+            logger.warning(
+                "%s is damaged (no header): its rows are dropped, new ones follow.", path
+            )
         return None, []
     header, kept, cut = rows[0], [], 0
     for row in rows[1:]:
@@ -292,7 +311,7 @@ def _history_rows(path):
         elif row:
             cut += 1
     if cut:
-        print(f"{path}: {cut} damaged row(s) dropped (cut short by an interruption).")
+        logger.warning("%s: %d damaged row(s) dropped (cut short by an interruption).", path, cut)
     return header, kept
 
 
@@ -363,18 +382,91 @@ def compile_model(model, config, losses, learning_rate, steps):
         metrics=(next(iter(metric_list.values()), None) if single else metric_list) or None,
         jit_compile=bool(config.jit_compile),
     )
+    # the optimizer's variables made now: made inside the first train step, they would make
+    # TensorFlow trace that step twice
+    model.optimizer.build(model.trainable_variables)
 
 
 def _tensorboard(run_dir):
     """A TensorBoard callback, or None without the ``tensorboard`` package."""
     if importlib.util.find_spec("tensorboard") is None:
-        print("tensorboard is not installed: no TensorBoard logs (pip install tensorboard).")
+        logger.warning(
+            "tensorboard is not installed: no TensorBoard logs (pip install tensorboard)."
+        )
         return None
     return keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"))
 
 
+def fit_verbosity():
+    """Keras' ``verbose`` for ``model.fit``: its progress bar on a terminal (1), one line per
+    epoch elsewhere (2), nothing (0) when this package's status lines are off (``--quiet``, or
+    a library call without :func:`affectnet_tf.progress.configure_logging` or other logging
+    set up at INFO)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return 0
+    return 1 if sys.stderr.isatty() else 2
+
+
+def resume_point(run_phases, work_dir):
+    """``(index, generation)``: the newest phase with a usable backup and that backup (the
+    phases before it are finished), or ``(0, None)`` for a new run.
+
+    A damaged phase whose phase before is finished starts again from that phase's end (its
+    backups are deleted, a warning says so).
+    """
+    for number in reversed(range(len(run_phases))):
+        phase = run_phases[number]
+        backup_dir = os.path.join(work_dir, f"backup_{phase.name}")
+        try:
+            generation = latest_generation(
+                backup_dir,
+                phase.stop,
+                os.path.join(work_dir, f"{phase.name}.done.weights.h5"),  # earlier versions
+            )
+        except DamagedRunError as error:
+            if number == 0:
+                raise
+            # the end of the phase before stands in: this phase starts again from there
+            logger.warning(
+                "%s\nStarting phase %s again from the end of the phase before.", error, phase.name
+            )
+            shutil.rmtree(backup_dir)
+            continue
+        if generation is not None:
+            return number, generation
+    return 0, None
+
+
+def phase_callbacks(config, phase, steps, run_dir, work_dir, generation=None, tensorboard=None):
+    """The callbacks of one phase's ``model.fit``, in order: timing, reseeding, the NaN stops,
+    the best epoch, ``history.csv``, TensorBoard, the tests' kill switch, and the backup last
+    (an epoch is only backed up once everything before has recorded it; it restores
+    ``generation`` when training begins)."""
+    callbacks = [
+        EpochTimer(),
+        _ReseedLayers(config.seed),
+        keras.callbacks.TerminateOnNaN(),
+        _DivergenceGuard(phase.name),
+        BestCheckpoint(
+            os.path.join(run_dir, "best.weights.h5"),
+            os.path.join(work_dir, "best.json"),
+            config.monitor,
+        ),
+        HistoryLog(os.path.join(run_dir, "history.csv")),
+    ]
+    if tensorboard is not None:
+        callbacks.append(tensorboard)
+    if os.environ.get(FAIL_AT_STEP_ENV):
+        callbacks.append(_FailAtStep(os.environ[FAIL_AT_STEP_ENV], steps))
+    callbacks.append(RunBackup(os.path.join(work_dir, f"backup_{phase.name}"), generation))
+    return callbacks
+
+
 def fit_phases(strategy, built, config, losses, train_data, val_ds, steps, run_dir, work_dir):
     """Trains ``built.training_model`` through the run's phases with ``model.fit``.
+
+    Keras' progress output (:func:`fit_verbosity`) goes to the standard error, with the status
+    lines, so that the standard output keeps the command's results.
 
     Args:
         train_data: ``train_data(start, stop)`` returns the training batches of epochs
@@ -395,32 +487,10 @@ def fit_phases(strategy, built, config, losses, train_data, val_ds, steps, run_d
     """
     model = built.training_model
     history = {}
-    history_path = os.path.join(run_dir, "history.csv")
     tensorboard = _tensorboard(run_dir)
     run_phases = phases(config)
-    # the newest phase with a usable backup: the phases before it are finished
-    resume_at, generation = 0, None
-    for number in reversed(range(len(run_phases))):
-        phase = run_phases[number]
-        backup_dir = os.path.join(work_dir, f"backup_{phase.name}")
-        try:
-            generation = latest_generation(
-                backup_dir,
-                phase.stop,
-                os.path.join(work_dir, f"{phase.name}.done.weights.h5"),  # earlier versions
-            )
-        except DamagedRunError as error:
-            if number == 0:
-                raise
-            # the end of the phase before stands in: this phase starts again from there
-            print(f"{error}\nStarting phase {phase.name} again from the end of the phase before.")
-            shutil.rmtree(backup_dir)
-            continue
-        if generation is not None:
-            resume_at = number
-            break
+    resume_at, generation = resume_point(run_phases, work_dir)
     for phase in run_phases[resume_at:]:
-        backup_dir = os.path.join(work_dir, f"backup_{phase.name}")
         start = max(phase.start, generation.epoch if generation is not None else 0)
         built.backbone.trainable = phase.trainable
         with strategy.scope():
@@ -429,39 +499,24 @@ def fit_phases(strategy, built, config, losses, train_data, val_ds, steps, run_d
             )
         if start >= phase.stop:  # finished before an interruption: its result goes on
             restore_weights(model, generation)
-            generation = None
-            continue
-        truncate_history(history_path, start)
-        callbacks = [
-            EpochTimer(),
-            _ReseedLayers(config.seed),
-            keras.callbacks.TerminateOnNaN(),
-            _DivergenceGuard(phase.name),
-            BestCheckpoint(
-                os.path.join(run_dir, "best.weights.h5"),
-                os.path.join(work_dir, "best.json"),
-                config.monitor,
-            ),
-            HistoryLog(history_path),
-        ]
-        if tensorboard is not None:
-            callbacks.append(tensorboard)
-        if os.environ.get(FAIL_AT_STEP_ENV):
-            callbacks.append(_FailAtStep(os.environ[FAIL_AT_STEP_ENV], steps))
-        # last, so that an epoch is only backed up once everything above has recorded it
-        callbacks.append(RunBackup(backup_dir, generation))
+        else:
+            truncate_history(os.path.join(run_dir, "history.csv"), start)
+            callbacks = phase_callbacks(
+                config, phase, steps, run_dir, work_dir, generation, tensorboard
+            )
+            with contextlib.redirect_stdout(sys.stderr):
+                fitted = model.fit(
+                    train_data(start, phase.stop),
+                    validation_data=val_ds,
+                    epochs=phase.stop,
+                    initial_epoch=start,
+                    steps_per_epoch=steps,
+                    callbacks=callbacks,
+                    shuffle=False,  # the dataset is shuffled per epoch by its seed
+                    verbose=fit_verbosity(),
+                )
+            for key, values in fitted.history.items():
+                history.setdefault(key, []).extend(float(v) for v in values)
         generation = None
-        fitted = model.fit(
-            train_data(start, phase.stop),
-            validation_data=val_ds,
-            epochs=phase.stop,
-            initial_epoch=start,
-            steps_per_epoch=steps,
-            callbacks=callbacks,
-            shuffle=False,  # the dataset is shuffled per epoch by its seed
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
-        for key, values in fitted.history.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
     built.backbone.trainable = True
     return history

@@ -11,24 +11,28 @@ first phase, a ``--monitor`` other than ``val_loss``, XLA and mixed precision, w
 """
 
 import importlib.util
+import logging
 import os
-import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from affectnet_tf.files import write_atomically
+from affectnet_tf.progress import progress
 from affectnet_tf.training.backups import KEEP, DamagedRunError
 from affectnet_tf.training.fit_loop import (
     FAIL_AT_STEP_ENV,
     HistoryLog,
     TrainingDivergedError,
+    exit_now,
     reseed_layers,
     truncate_history,
 )
 
-__all__ = ["check_config", "restore_checkpoint", "train_custom_loop"]
+__all__ = ["check_config", "restore_checkpoint", "make_train_step", "train_custom_loop"]
+
+logger = logging.getLogger(__name__)
 
 
 def check_config(config):
@@ -50,7 +54,7 @@ def check_config(config):
         )
 
 
-def restore_checkpoint(checkpoint, folder, report=print):
+def restore_checkpoint(checkpoint, folder, report=logger.warning):
     """Restores the newest checkpoint of ``folder`` that loads, saying which damaged ones it
     passed over; None when there is none, else its path.
 
@@ -97,38 +101,11 @@ def _selection_loss(model, losses, heads, val_ds):
     return total / max(count, 1)
 
 
-def train_custom_loop(
-    strategy, built, config, losses, train_data, val_ds, steps, run_dir, work_dir, restore_dir
-):
-    """Trains ``built.training_model`` for ``config.epochs`` epochs (arguments as
-    :func:`affectnet_tf.training.fit_loop.fit_phases`; ``restore_dir`` is the chief's work folder, which
-    every worker restores from).
-
-    Returns:
-        The history of the epochs trained in this call: ``loss`` and ``val_loss``.
-    """
-    check_config(config)
-    model = built.training_model
-    epochs = int(config.epochs)
-    global_batch = int(config.batch_size)
+def make_train_step(strategy, model, optimizer, losses, global_batch):
+    """The distributed train step: ``train_step(iterator)`` runs one batch on every replica
+    (a SUM-reduced per-sample loss over the global batch, plus the model's regularisation)
+    and returns the loss summed over the replicas."""
     heads = list(losses)
-    with strategy.scope():
-        schedule = config.learning_rate
-        if config.schedule == "cosine":
-            schedule = keras.optimizers.schedules.CosineDecay(schedule, max(1, steps * epochs))
-        optimizer = keras.optimizers.Adam(schedule)
-        optimizer.build(model.trainable_variables)
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-        best_var = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
-    for loss in losses.values():
-        loss.reduction = "none"
-    checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, epoch=epoch_var, best_val_loss=best_var
-    )
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(work_dir, "ckpt"), KEEP)
-    restore_checkpoint(checkpoint, os.path.join(restore_dir, "ckpt"))
-    start = int(epoch_var.numpy())
-    iterator = iter(strategy.experimental_distribute_dataset(train_data(start, epochs)))
 
     def replica_step(images, targets):
         with tf.GradientTape() as tape:
@@ -150,46 +127,113 @@ def train_custom_loop(
         per_replica = strategy.run(replica_step, args=next(iterator))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    history = {}
-    fail_at = int(os.environ.get(FAIL_AT_STEP_ENV) or 0)
-    history_path = os.path.join(run_dir, "history.csv")
-    truncate_history(history_path, start)
-    writer = None
+    return train_step
+
+
+def _loop_state(strategy, model, config, steps):
+    """``(optimizer, epoch, best)`` made in the strategy's scope: Adam (cosine or constant
+    schedule over the run), the next epoch and the best selection loss (variables, so that
+    the checkpoint holds them)."""
+    with strategy.scope():
+        schedule = config.learning_rate
+        if config.schedule == "cosine":
+            schedule = keras.optimizers.schedules.CosineDecay(
+                schedule, max(1, steps * int(config.epochs))
+            )
+        optimizer = keras.optimizers.Adam(schedule)
+        optimizer.build(model.trainable_variables)
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        best_var = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
+    return optimizer, epoch_var, best_var
+
+
+def _summary_writer(run_dir):
+    """A TensorBoard file writer in ``run_dir/logs``, or None without ``tensorboard``."""
     if importlib.util.find_spec("tensorboard") is None:
-        print("tensorboard is not installed: no TensorBoard logs (pip install tensorboard).")
-    else:
-        writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs"))
-    for epoch in range(start, epochs):
-        print(f"Epoch {epoch + 1}/{epochs}")
-        reseed_layers(model, config.seed, epoch)
-        progress = keras.utils.Progbar(steps)
-        total = 0.0
+        logger.warning(
+            "tensorboard is not installed: no TensorBoard logs (pip install tensorboard)."
+        )
+        return None
+    return tf.summary.create_file_writer(os.path.join(run_dir, "logs"))
+
+
+def _train_epoch(train_step, iterator, epoch, epochs, steps):
+    """Runs one epoch's steps under a progress bar; returns the mean training loss.
+
+    Raises:
+        TrainingDivergedError: the loss is not finite.
+    """
+    fail_at = int(os.environ.get(FAIL_AT_STEP_ENV) or 0)
+    total = 0.0
+    bar = progress(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step")
+    with bar:
         for step in range(steps):
             loss = float(train_step(iterator))
             total += loss
-            progress.update(step + 1, [("loss", loss)])
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
             if fail_at and epoch * steps + step + 1 == fail_at:
-                sys.stdout.flush()
-                os._exit(3)
-        if not np.isfinite(total):
-            raise TrainingDivergedError(
-                f"The training loss became {total / steps} in epoch {epoch + 1}; training "
-                "stopped, the run folder keeps its last good checkpoint. Lower "
-                "--learning-rate (or check the data), then start again with --overwrite."
-            )
-        val_loss = _selection_loss(model, losses, heads, val_ds)
-        print(f"loss {total / steps:.4f} - val_loss {val_loss:.4f}")
-        history.setdefault("loss", []).append(total / steps)
-        history.setdefault("val_loss", []).append(val_loss)
-        if val_loss < float(best_var.numpy()):
-            best_var.assign(val_loss)
+                exit_now()
+    if not np.isfinite(total):
+        raise TrainingDivergedError(
+            f"The training loss became {total / steps} in epoch {epoch + 1}; training "
+            "stopped, the run folder keeps its last good checkpoint. Lower "
+            "--learning-rate (or check the data), then start again with --overwrite."
+        )
+    return total / steps
+
+
+def _write_summaries(writer, epoch, values):
+    """One TensorBoard scalar per entry of ``values`` at step ``epoch``."""
+    if writer is None:
+        return
+    with writer.as_default():
+        for name, value in values.items():
+            tf.summary.scalar(name, value, step=epoch)
+    writer.flush()
+
+
+def train_custom_loop(
+    strategy, built, config, losses, train_data, val_ds, steps, run_dir, work_dir, restore_dir
+):
+    """Trains ``built.training_model`` for ``config.epochs`` epochs (arguments as
+    :func:`affectnet_tf.training.fit_loop.fit_phases`; ``restore_dir`` is the chief's work folder, which
+    every worker restores from).
+
+    Returns:
+        The history of the epochs trained in this call: ``loss`` and ``val_loss``.
+    """
+    check_config(config)
+    model = built.training_model
+    epochs = int(config.epochs)
+    optimizer, epoch_var, best_var = _loop_state(strategy, model, config, steps)
+    for loss in losses.values():
+        loss.reduction = "none"
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, epoch=epoch_var, best_val_loss=best_var
+    )
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(work_dir, "ckpt"), KEEP)
+    restore_checkpoint(checkpoint, os.path.join(restore_dir, "ckpt"))
+    start = int(epoch_var.numpy())
+    iterator = iter(strategy.experimental_distribute_dataset(train_data(start, epochs)))
+    train_step = make_train_step(strategy, model, optimizer, losses, int(config.batch_size))
+    history = {}
+    history_path = os.path.join(run_dir, "history.csv")
+    truncate_history(history_path, start)
+    writer = _summary_writer(run_dir)
+    for epoch in range(start, epochs):
+        logger.info("Epoch %d/%d", epoch + 1, epochs)
+        reseed_layers(model, config.seed, epoch)
+        values = {"loss": _train_epoch(train_step, iterator, epoch, epochs, steps)}
+        values["val_loss"] = _selection_loss(model, losses, list(losses), val_ds)
+        logger.info("loss %.4f - val_loss %.4f", values["loss"], values["val_loss"])
+        for name, value in values.items():
+            history.setdefault(name, []).append(value)
+        if values["val_loss"] < float(best_var.numpy()):
+            best_var.assign(values["val_loss"])
             write_atomically(os.path.join(run_dir, "best.weights.h5"), model.save_weights)
-        if writer is not None:
-            with writer.as_default():
-                tf.summary.scalar("loss", total / steps, step=epoch)
-                tf.summary.scalar("val_loss", val_loss, step=epoch)
-            writer.flush()
-        HistoryLog(history_path).append(epoch, {"loss": total / steps, "val_loss": val_loss})
+        _write_summaries(writer, epoch, values)
+        HistoryLog(history_path).append(epoch, values)
         epoch_var.assign(epoch + 1)
         manager.save()
     return history

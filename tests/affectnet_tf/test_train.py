@@ -4,6 +4,7 @@ an interrupted run that resumes, two local workers, and the errors of bad settin
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,9 +20,19 @@ import crowd_layers
 from affectnet_tf import files
 from affectnet_tf import train as train_module
 from affectnet_tf.data import pipeline as data
-from affectnet_tf.train import train
+from affectnet_tf.evaluation.evaluate import evaluate_run
 from affectnet_tf.training import backups, distribute, fit_loop, run_folder, worker_loop
-from affectnet_tf.training.config import RunConfig, data_roles
+from affectnet_tf.training.config import (
+    RunConfig,
+    build_parser,
+    config_differences,
+    config_from_args,
+    data_roles,
+    parse_config,
+)
+from affectnet_tf.training.datasets import RunDatasets
+from affectnet_tf.training.objectives import initial_confusions
+from affectnet_tf.training.run import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,8 +102,19 @@ def test_every_target_and_task(tiny_config, dataset, task, target, extra):
             assert isinstance(layer, crowd_layers.CrowdsPooled)
 
 
-def test_one_device_strategy_and_class_balanced_sampling(tiny_config):
-    result = train(tiny_config(strategy="one_device", class_balanced=True, seed=2))
+# a finished run shared by the tests that only read it (or copy it)
+_SEEDED = dict(epochs=2, steps_per_epoch=2, seed=7, class_balanced=True, strategy="one_device")
+
+
+@pytest.fixture(scope="module")
+def seeded_run(tiny_settings, tmp_path_factory):
+    """``(config, result)`` of a finished run of ``_SEEDED``."""
+    config = tiny_settings(tmp_path_factory.mktemp("seeded") / "a", **_SEEDED)
+    return config, train(config)
+
+
+def test_one_device_strategy_and_class_balanced_sampling(seeded_run):
+    result = seeded_run[1]
     run = Path(result["run_dir"])
     assert (run / "model.keras").exists() and (run / "metrics.json").exists()
     with open(run / "config.yaml") as stream:
@@ -101,11 +123,23 @@ def test_one_device_strategy_and_class_balanced_sampling(tiny_config):
     assert np.isfinite(result["history"]["loss"][0])
 
 
-def test_two_phase_fine_tuning(tiny_config):
-    result = train(tiny_config(epochs=2, freeze_epochs=1, schedule="constant"))
-    assert len(result["history"]["loss"]) == 2
+# a two-phase run of 4 epochs (the first one frozen) of 2 steps: the killed runs below resume
+# to the weights of its uninterrupted run
+_FOUR_EPOCHS = dict(epochs=4, freeze_epochs=1, steps_per_epoch=2, seed=4)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tiny_settings, tmp_path_factory):
+    """``(config, result)`` of the two-phase run of ``_FOUR_EPOCHS``, not interrupted."""
+    config = tiny_settings(tmp_path_factory.mktemp("uninterrupted") / "whole", **_FOUR_EPOCHS)
+    return config, train(config)
+
+
+def test_two_phase_fine_tuning(uninterrupted_run):
+    _, result = uninterrupted_run
+    assert len(result["history"]["loss"]) == 4  # the frozen epoch, then the fine-tuning ones
     with open(Path(result["run_dir"]) / "history.csv") as stream:
-        assert [row["epoch"] for row in csv.DictReader(stream)] == ["0", "1"]
+        assert [row["epoch"] for row in csv.DictReader(stream)] == ["0", "1", "2", "3"]
 
 
 _MIRRORED_SCRIPT = """
@@ -113,15 +147,16 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from affectnet_tf.train import train
+from affectnet_tf.training.run import train
 losses = [train(config)["history"]["loss"][0] for config in json.loads(sys.argv[1])]
 print("LOSSES", json.dumps(losses))
 """
 
 
 def test_mirrored_first_step_loss_equals_one_device(tiny_config, tmp_path):
-    # In its own process: collective ops of MirroredStrategy objects made by earlier tests in
-    # this process would share instance keys with this one's.
+    # The mirrored run in its own process: collective ops of MirroredStrategy objects made by
+    # earlier tests in this process would share instance keys with this one's. The one-device
+    # run needs no process of its own (the same seed gives the same loss in any process).
     # 3 training and 3 selection images: uneven shares of the replicas are handled (the
     # training batch drops its remainder, the selection batches are padded with missing rows)
     settings = dict(
@@ -133,10 +168,8 @@ def test_mirrored_first_step_loss_equals_one_device(tiny_config, tmp_path):
         selection_fraction=0.4,
         batch_size=2,
     )
-    configs = [
-        tiny_config(output_dir=str(tmp_path / "one"), strategy="default", **settings),
-        tiny_config(output_dir=str(tmp_path / "two"), strategy="mirrored", **settings),
-    ]
+    one = train(tiny_config(output_dir=str(tmp_path / "one"), strategy="default", **settings))
+    configs = [tiny_config(output_dir=str(tmp_path / "two"), strategy="mirrored", **settings)]
     completed = subprocess.run(
         [sys.executable, "-c", _MIRRORED_SCRIPT, json.dumps(configs)],
         capture_output=True,
@@ -147,8 +180,8 @@ def test_mirrored_first_step_loss_equals_one_device(tiny_config, tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = [row for row in completed.stdout.splitlines() if row.startswith("LOSSES")][-1]
-    one, two = json.loads(line.split(" ", 1)[1])
-    np.testing.assert_allclose(two, one, rtol=1e-4)
+    (two,) = json.loads(line.split(" ", 1)[1])
+    np.testing.assert_allclose(two, one["history"]["loss"][0], rtol=1e-4)
     assert (tmp_path / "two" / "model.keras").exists()
 
 
@@ -209,28 +242,28 @@ def _assert_same_weights(first, second):
 
 
 @pytest.mark.slow
-def test_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_config, tmp_path):
-    """Killed after step 3 (inside epoch 2 of 3, in the fine-tuning phase), the same command
-    resumes after epoch 1 and ends with the weights, best epoch and metrics of an
-    uninterrupted run."""
-    settings = dict(epochs=3, freeze_epochs=1, steps_per_epoch=2, seed=4)
-    whole_config = tiny_config(output_dir=str(tmp_path / "whole"), **settings)
-    uninterrupted = _cli(_flags(whole_config))
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
-    whole = json.loads(uninterrupted.stdout[uninterrupted.stdout.index("{\n") :])
-    config = tiny_config(output_dir=str(tmp_path / "killed"), **settings)
+def test_run_killed_mid_epoch_resumes_to_the_same_weights(
+    uninterrupted_run, tmp_path, capsys, restore_logging
+):
+    """Killed after step 3 (inside epoch 2 of 4, the first of the fine-tuning phase), the same
+    command resumes after epoch 1 and ends with the weights, best epoch and metrics of an
+    uninterrupted run; the standard output holds the results' JSON only."""
+    settings, whole = uninterrupted_run
+    config = {**settings, "output_dir": str(tmp_path / "killed")}
     command = _flags(config)
-    killed = _cli(command, env={fit_loop.FAIL_AT_STEP_ENV: "3"})
+    killed = _cli(command, env={fit_loop.FAIL_AT_STEP_ENV: "3"})  # a kill needs its own process
     assert killed.returncode == 3, killed.stderr[-3000:]
     run = Path(config["output_dir"])
     assert not (run / "model.keras").exists() and (run / "backup").is_dir()
-    resumed = _cli(command)  # the same command, no flag needed
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    output = resumed.stdout + resumed.stderr
-    assert "resuming in" in output
-    assert "Epoch 1/3" not in output and "Epoch 2/3" in output
+    capsys.readouterr()
+    assert train_module.main(command) == 0  # the same command, no flag needed
+    captured = capsys.readouterr()
+    assert "resuming in" in captured.err  # a status line, shown by default
+    assert "Epoch 1/4" not in captured.err and "Epoch 2/4" in captured.err
+    resumed = json.loads(captured.out)
+    assert resumed["run_dir"] == str(run)
     with open(run / "history.csv") as stream:
-        assert [row["epoch"] for row in csv.DictReader(stream)] == ["0", "1", "2"]
+        assert [row["epoch"] for row in csv.DictReader(stream)] == ["0", "1", "2", "3"]
     whole_run = Path(whole["run_dir"])
     _assert_same_weights(whole_run / "best.weights.h5", run / "best.weights.h5")
     _assert_same_weights(whole_run / "model.keras", run / "model.keras")
@@ -238,6 +271,7 @@ def test_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_config, tmp_path)
     np.testing.assert_allclose(
         metrics["expression"]["accuracy"], whole["metrics"]["expression"]["accuracy"]
     )
+    assert resumed["metrics"]["expression"]["accuracy"] == metrics["expression"]["accuracy"]
 
 
 def test_the_run_folder_is_resumed_only_with_the_same_settings(tmp_path):
@@ -423,29 +457,12 @@ _DAMAGE = {
 
 
 @pytest.fixture(scope="module")
-def interrupted_run(train_data_dir, tmp_path_factory):
-    """``(config, folder)`` of a run killed in epoch 4 of 4 (frozen phase done, fine-tuning
-    backed up after epochs 2 and 3), and the weights of the same run uninterrupted."""
-    root = tmp_path_factory.mktemp("interrupted")
-    config = {
-        "dataset": "affectnet_c25/set1",
-        "data_dir": str(train_data_dir),
-        "stored_image_size": 32,
-        "selection_fraction": 0.25,
-        "test_fraction": 0.25,
-        "model": "compact_cnn",
-        "weights": None,
-        "image_size": 32,
-        "epochs": 4,
-        "freeze_epochs": 1,
-        "batch_size": 4,
-        "steps_per_epoch": 2,
-        "seed": 4,
-        "strategy": "default",
-        "report": False,
-    }
-    whole = train({**config, "output_dir": str(root / "whole")})
-    killed = {**config, "output_dir": str(root / "killed")}
+def interrupted_run(uninterrupted_run, tmp_path_factory):
+    """``(config, folder, whole)``: the settings and folder of a run killed in epoch 4 of 4
+    (frozen phase done, fine-tuning backed up after epochs 2 and 3), and the folder of the
+    same run uninterrupted."""
+    config, whole = uninterrupted_run
+    killed = {**config, "output_dir": str(tmp_path_factory.mktemp("interrupted") / "killed")}
     result = _cli(_flags(killed), env={fit_loop.FAIL_AT_STEP_ENV: "7"})
     assert result.returncode == 3, result.stderr[-3000:]
     return killed, Path(killed["output_dir"]), Path(whole["run_dir"])
@@ -463,12 +480,10 @@ def test_the_interrupted_run_holds_the_files_the_damage_test_covers(interrupted_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damaged", sorted(_DAMAGE))
-def test_resume_with_each_file_cut_in_half(interrupted_run, tmp_path, damaged, capsys):
+def test_resume_with_each_file_cut_in_half(interrupted_run, tmp_path, damaged, status_log):
     """Each file of an interrupted run truncated in turn: the run resumes from the newest good
     backup to the weights of an uninterrupted run, or stops naming the damaged file and the
     way out; never an h5py or JSON traceback."""
-    import shutil
-
     config, folder, whole = interrupted_run
     copy = tmp_path / "run.v1 ü"
     shutil.copytree(folder, copy)
@@ -482,9 +497,41 @@ def test_resume_with_each_file_cut_in_half(interrupted_run, tmp_path, damaged, c
             train(config)
         return
     result = train(config)
-    assert "resuming" in capsys.readouterr().out
+    assert any("resuming" in line for line in status_log)
     _assert_same_weights(whole / "model.keras", Path(result["run_dir"]) / "model.keras")
     assert not (copy / "backup").exists()
+
+
+def test_quiet_shows_no_status_and_still_prints_the_results(
+    interrupted_run, tmp_path, capsys, restore_logging
+):
+    """``--quiet`` drops the status lines (the "resuming" one the killed-run test sees by
+    default) and Keras' epoch lines; the results' JSON still prints. ``--quiet`` is no setting
+    of the run: the run saved without it resumes, and its config.yaml does not get it."""
+    config, folder, whole = interrupted_run
+    copy = tmp_path / "run"
+    shutil.copytree(folder, copy)
+    capsys.readouterr()
+    assert train_module.main([*_flags({**config, "output_dir": str(copy)}), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming" not in captured.err and "Training compact_cnn" not in captured.err
+    assert "Epoch" not in captured.err + captured.out
+    result = json.loads(captured.out)
+    assert result["run_dir"] == str(copy) and "accuracy" in result["metrics"]["expression"]
+    _assert_same_weights(whole / "model.keras", copy / "model.keras")
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    assert "quiet" not in saved and "verbose" not in saved
+
+
+def test_verbosity_flags_are_no_run_settings():
+    args = build_parser().parse_args(["--model", "compact_cnn", "--verbose"])
+    assert args.verbose and not args.quiet
+    config = config_from_args(args)
+    assert "verbose" not in config.to_dict() and "quiet" not in config.to_dict()
+    quiet = parse_config(["--model", "compact_cnn", "--quiet"])
+    assert config_differences(config.to_dict(), quiet) == []
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--verbose", "--quiet"])
 
 
 def test_a_diverged_run_stops_with_an_error_and_no_backup_of_its_epoch(tiny_config):
@@ -573,7 +620,7 @@ def test_multi_worker_loop_refuses_what_it_cannot_do():
         worker_loop.check_config(RunConfig(model="compact_cnn", mixed_precision=True))
 
 
-def test_auto_strategy_asks_the_tpu_resolver(monkeypatch, capsys):
+def test_auto_strategy_asks_the_tpu_resolver(monkeypatch, status_log):
     import tensorflow as tf
 
     def no_tpu(*args, **kwargs):
@@ -584,7 +631,7 @@ def test_auto_strategy_asks_the_tpu_resolver(monkeypatch, capsys):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     strategy = distribute.make_strategy("auto")
     assert not isinstance(strategy, tf.distribute.TPUStrategy)
-    assert "No TPU found" in capsys.readouterr().out
+    assert any("No TPU found" in line for line in status_log)
     with pytest.raises(ValueError, match="--strategy tpu: no TPU found"):
         distribute.make_strategy("tpu")
 
@@ -599,12 +646,12 @@ def test_monitor_mode_maximises_scores_and_minimises_losses():
 def test_config_file_values_are_overridden_by_flags(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"model": "vgg19", "epochs": 3, "batch-size": 8}))
-    config = train_module.parse_config(["--config", str(path), "--epochs", "5"])
+    config = parse_config(["--config", str(path), "--epochs", "5"])
     assert config.model == "vgg19" and config.epochs == 5 and config.batch_size == 8
     assert config.task == "exp"  # default
     path.write_text(yaml.safe_dump({"epoch": 3}))
     with pytest.raises(ValueError, match="Unknown settings"):
-        train_module.parse_config(["--config", str(path)])
+        parse_config(["--config", str(path)])
 
 
 def test_help_lists_groups_and_defaults(capsys):
@@ -620,6 +667,7 @@ def test_help_lists_groups_and_defaults(capsys):
         "--overwrite",
         "continues an interrupted run",
         "--folds",
+        "--quiet",
     ):
         assert words in " ".join(text.split())
 
@@ -665,7 +713,7 @@ def test_the_three_roles_hold_disjoint_images(dataset, train_data_dir, synthetic
         selection_fraction=0.25,
         test_fraction=0.25,
     )
-    datasets = train_module.RunDatasets(config, data_roles(config))
+    datasets = RunDatasets(config, data_roles(config))
     datasets.check_disjoint()
     names = [
         set(info.file_names)
@@ -678,7 +726,7 @@ def test_the_three_roles_hold_disjoint_images(dataset, train_data_dir, synthetic
         assert record[role]["file_names_sha256"] == data.names_digest(info)
 
 
-def test_bad_settings(tiny_config, capsys):
+def test_bad_settings(tiny_config, capsys, restore_logging):
     with pytest.raises(ValueError, match="known models: .*resnet50"):
         train(tiny_config(model="resnet18"))
     with pytest.raises(ValueError, match="crowd answers"):
@@ -692,12 +740,13 @@ def test_bad_settings(tiny_config, capsys):
     assert train_module.main(["--model", "resnet18"]) == 2
     assert "known models" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train_module.parse_config(["--task", "emotion"])
+        parse_config(["--task", "emotion"])
 
 
-def test_finished_run_is_not_overwritten_by_accident(tiny_config):
-    config = tiny_config(steps_per_epoch=1)
-    train(config)
+def test_finished_run_is_not_overwritten_by_accident(seeded_run, tmp_path):
+    settings, result = seeded_run
+    shutil.copytree(result["run_dir"], tmp_path / "run")
+    config = {**settings, "output_dir": str(tmp_path / "run")}
     with pytest.raises(ValueError, match="finished run"):
         train(config)
     assert train({**config, "overwrite": True})["metrics"]
@@ -739,7 +788,7 @@ def test_confusion_layer_starts_from_dawid_skene_of_the_training_answers(synthet
 
     def start(**changes):
         run_config = RunConfig.from_dict({**config, **changes})
-        return train_module.initial_confusions(run_config, data_roles(run_config))
+        return initial_confusions(run_config, data_roles(run_config))
 
     np.testing.assert_allclose(start(), expected)
     assert start(crowd_init="diagonal") is None
@@ -767,9 +816,9 @@ def test_confusion_layer_starts_from_dawid_skene_of_the_training_answers(synthet
     np.testing.assert_allclose(learned, expected, atol=1e-3)
 
 
-def test_a_rerun_with_the_same_seed_gives_the_same_weights(tiny_config, tmp_path):
-    settings = dict(epochs=2, steps_per_epoch=2, seed=7, class_balanced=True)
-    first = train(tiny_config(output_dir=str(tmp_path / "a"), **settings))
+def test_a_rerun_with_the_same_seed_gives_the_same_weights(seeded_run, tiny_config, tmp_path):
+    settings = _SEEDED
+    first = seeded_run[1]
     second = train(tiny_config(output_dir=str(tmp_path / "b"), **settings))
     _assert_same_weights(
         Path(first["run_dir"]) / "model.keras", Path(second["run_dir"]) / "model.keras"
@@ -781,9 +830,9 @@ def test_a_rerun_with_the_same_seed_gives_the_same_weights(tiny_config, tmp_path
     assert other["data_roles"] == first["data_roles"]
 
 
-def test_evaluation_labels_do_not_depend_on_the_training_seed(tiny_config):
-    result = train(tiny_config(seed=11, steps_per_epoch=1))
-    again = affectnet_tf.evaluate.evaluate_run(result["run_dir"], report=False)
+def test_evaluation_labels_do_not_depend_on_the_training_seed(seeded_run, tmp_path):
+    result = seeded_run[1]
+    again = evaluate_run(result["run_dir"], report=False, output_dir=str(tmp_path))
     for head, values in result["metrics"].items():
         if isinstance(values, dict) and "accuracy" in values:
             assert again[head]["accuracy"] == values["accuracy"]

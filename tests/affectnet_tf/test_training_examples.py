@@ -16,7 +16,7 @@ def _load(name):
     return module
 
 
-def _args(tiny_config, tmp_path):
+def _args(tiny_config, tmp_path, epochs=2, freeze_epochs=1):
     config = tiny_config()
     extra = {
         k: config[k]
@@ -28,8 +28,8 @@ def _args(tiny_config, tmp_path):
         data_dir=config["data_dir"],
         manual_dir=None,
         weights="none",
-        epochs=2,
-        freeze_epochs=1,
+        epochs=epochs,
+        freeze_epochs=freeze_epochs,
         batch_size=4,
         learning_rate=1e-3,
         output_dir=str(tmp_path),
@@ -49,6 +49,8 @@ def test_finetune_example(tiny_config, tmp_path):
 @pytest.mark.slow
 def test_crowd_layer_example(tiny_config, tmp_path):
     module = _load("crowd_layer_c25")
-    results = module.run(_args(tiny_config, tmp_path), runs=(("exp", "VW+B"),))
+    # one phase: the frozen one is the fine-tuning example's
+    args = _args(tiny_config, tmp_path, epochs=1, freeze_epochs=0)
+    results = module.run(args, runs=(("exp", "VW+B"),))
     assert "f1_macro" in results["exp_VW+B"]["expression"]
     assert (tmp_path / "resnet50_cv_exp_VW+B" / "annotators.npz").exists()

@@ -11,7 +11,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 import affectnet_tf
-from affectnet_tf import convert, video_train
+from affectnet_tf import video_train
+from affectnet_tf.inference.embeddings import ClipFeatures, embedding_model, pool_features
+from affectnet_tf.published.conversion import convert_published
+from affectnet_tf.training import video
 from tfds_affectnet import AfewConfig, VgafConfig
 
 pytest.importorskip("skimage", reason="scikit-image ships the astronaut test image")
@@ -32,12 +35,12 @@ def layouts(tmp_path_factory):
 
 def test_pool_features_by_hand():
     embeddings = np.array([[1.0, 0.0], [3.0, 4.0]])
-    pooled = video_train.pool_features(embeddings)
+    pooled = pool_features(embeddings)
     raw = np.array([2.0, 2.0, 1.0, 2.0, 1.0, 0.0, 3.0, 4.0])  # mean, std, min, max
     np.testing.assert_allclose(pooled, raw / np.linalg.norm(raw), rtol=1e-6)
     assert np.linalg.norm(pooled) == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"at least one frame. Received: shape=\(0, 2\)"):
-        video_train.pool_features(np.zeros((0, 2)))
+        pool_features(np.zeros((0, 2)))
 
 
 @pytest.mark.parametrize("task", ["exp", "va", "all"])
@@ -46,7 +49,7 @@ def test_embedding_is_the_input_of_the_heads(tmp_path, task):
     model = affectnet_tf.load_model(
         os.path.join(make_face_clips.save_tiny_run(tmp_path, task), "model.keras")
     )
-    embedder = video_train.embedding_model(model)
+    embedder = embedding_model(model)
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     features = np.asarray(embedder(images, training=False))
     assert features.shape == (3, embedder.output_shape[-1])
@@ -61,11 +64,11 @@ def test_embedding_is_the_input_of_the_heads(tmp_path, task):
 
 
 def test_make_classifier_options():
-    assert type(video_train.make_classifier("linear")).__name__ == "LinearSVC"
-    rbf = video_train.make_classifier("rbf", C=2.0)
+    assert type(video.make_classifier("linear")).__name__ == "LinearSVC"
+    rbf = video.make_classifier("rbf", C=2.0)
     assert type(rbf).__name__ == "SVC" and rbf.kernel == "rbf" and rbf.C == 2.0
     with pytest.raises(ValueError, match="classifier.*Received: classifier='tree'"):
-        video_train.make_classifier("tree")
+        video.make_classifier("tree")
 
 
 def test_evaluate_counts_clips_without_face_with_the_fallback():
@@ -73,13 +76,13 @@ def test_evaluate_counts_clips_without_face_with_the_fallback():
         def predict(self, features):
             return features[:, 0].astype(int)
 
-    clips = video_train.ClipFeatures(
+    clips = ClipFeatures(
         ["a", "b", "c", "d"],
         [1, 0, 2, 2],
         [True, True, False, False],
         np.array([[1.0], [1.0], [0.0], [0.0]]),
     )
-    result = video_train.evaluate(Fixed(), clips, fallback_label=2)
+    result = video.evaluate(Fixed(), clips, fallback_label=2)
     assert result["accuracy_with_face"] == 0.5  # a right, b wrong
     assert result["accuracy_all"] == 0.75  # c and d get the fallback 2: right
     assert result["predictions"] == {"a": 1, "b": 1, "c": 2, "d": 2}
@@ -90,7 +93,7 @@ def test_evaluate_counts_clips_without_face_with_the_fallback():
 def test_train_on_afew(run_dir, layouts, tmp_path, classifier):
     root, data_dir = layouts
     config = AfewConfig(name="tiny", crop_size=24, every_n=2)
-    result = video_train.train_video_classifier(
+    result = video.train_video_classifier(
         run_dir,
         "afew",
         builder_config=config,
@@ -118,7 +121,9 @@ def test_train_on_afew(run_dir, layouts, tmp_path, classifier):
     assert fitted.predict(np.zeros((1, 4 * result["embedding_dims"]))).shape == (1,)
 
 
-def test_command_line_on_vgaf(run_dir, layouts, tmp_path, capsys):
+def test_command_line_on_vgaf(run_dir, layouts, tmp_path, capsys, restore_logging):
+    """The command prints each split's accuracy to the standard output, status lines to the
+    standard error; ``--quiet`` drops the status lines, not the results."""
     root, data_dir = layouts
     argv = [
         "--model-dir",
@@ -137,12 +142,35 @@ def test_command_line_on_vgaf(run_dir, layouts, tmp_path, capsys):
         str(tmp_path),
     ]
     assert video_train.main(argv) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "vgaf/default_24_every2 validation: accuracy" in out
     assert "on the 2 clips with a face (1 without a face get 'positive')" in out
+    assert "Fitting the linear classifier on" in captured.err
+    assert "accuracy" not in captured.err
     builder = tfds.builder("vgaf", config="default_24_every2", data_dir=str(data_dir))
     assert builder.info.splits["train"].num_examples == 5
     assert (tmp_path / "video_metrics.json").exists()
+    assert video_train.main([*argv, "--quiet"]) == 0  # the prepared data is read again
+    quiet = capsys.readouterr()
+    results = [line for line in out.splitlines() if ": accuracy " in line]
+    assert len(results) == 2 and quiet.out.splitlines() == results
+    assert "Fitting" not in quiet.err and "Preparing" not in quiet.err
+
+
+def test_builder_config_from_the_flags():
+    assert video.video_builder_config("afew") is None
+    config = video.video_builder_config("vgaf", crop_size=24, every_n=2)
+    assert (config.name, config.crop_size, config.every_n, config.fps) == (
+        "default_24_every2",
+        24,
+        2,
+        None,
+    )
+    fps = video.video_builder_config("afew", fps=2.5)
+    assert fps.name.endswith("_fps2.5") and fps.fps == 2.5 and fps.every_n is None
+    with pytest.raises(ValueError, match="Received: dataset='ferplus/x'"):
+        video.video_builder_config("ferplus/x", crop_size=24)
 
 
 @pytest.mark.slow
@@ -151,9 +179,9 @@ def test_hsemotion_recipe_on_afew(layouts, tmp_path):
     published graph) gives the frame embeddings (1280 features of EfficientNet-B0)."""
     run = tmp_path / "hse"
     weights = hsemotion_weights.write_seeded_file(tmp_path / "enet_b0_8_best_vgaf.onnx", "b0_8")
-    convert.convert("hsemotion", weights, run / "model.keras")
+    convert_published("hsemotion", weights, run / "model.keras")
     root, data_dir = layouts
-    result = video_train.train_video_classifier(
+    result = video.train_video_classifier(
         run,
         "afew",
         builder_config=AfewConfig(name="tiny", crop_size=24, every_n=2),
@@ -171,7 +199,7 @@ def test_no_training_face(run_dir, tmp_path):
         make_face_clips.write_clip(tmp_path / "m" / split / "1_1.mp4", 2, blank_frames=(0, 1))
         (tmp_path / "m" / f"{split}_labels.txt").write_text("1_1 1\n")
     with pytest.raises(ValueError, match="No training clip of vgaf has a face"):
-        video_train.train_video_classifier(
+        video.train_video_classifier(
             run_dir,
             "vgaf",
             builder_config=VgafConfig(name="none", crop_size=16),
@@ -179,4 +207,4 @@ def test_no_training_face(run_dir, tmp_path):
             manual_dir=tmp_path / "m",
         )
     with pytest.raises(ValueError, match="dataset.*Received: dataset='ferplus'"):
-        video_train.train_video_classifier(run_dir, "ferplus")
+        video.train_video_classifier(run_dir, "ferplus")

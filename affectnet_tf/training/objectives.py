@@ -1,0 +1,75 @@
+"""What each head of a run learns against: its loss (from the head's target), and the start of
+a confusion crowd layer (``--crowd-init``).
+
+For example:
+
+```python
+from affectnet_tf.training.config import RunConfig
+from affectnet_tf.training.objectives import head_losses
+
+losses = head_losses(RunConfig(model="compact_cnn", task="all", target="mv"),
+                     ["expression", "valence", "arousal"])
+```
+"""
+
+import crowd_layers
+from affectnet_tf.data import pipeline as data
+from affectnet_tf.modeling import losses as losses_module
+from affectnet_tf.modeling import models
+
+__all__ = ["head_losses", "initial_confusions"]
+
+
+def head_losses(config, heads, info=None):
+    """Per-head Keras losses, each from its head's own target (masked where a label can be
+    missing). ``info`` (the training data's :class:`affectnet_tf.DatasetInfo`) is needed for
+    ``class_weights``."""
+    targets = config.head_targets
+    crowd_losses = models.crowd_losses(config.crowd_layer, config.va_crowd_layer)
+    weights = None
+    if config.class_weights:
+        weights = [info.class_weights[k] for k in range(config.num_classes)]
+    result = {}
+    for head in heads:
+        if targets[head] == "cv":
+            result[head] = crowd_losses[head]
+        elif head != "expression":
+            result[head] = losses_module.MaskedMeanSquaredError()
+        elif targets[head] in ("soft", "ds"):
+            result[head] = losses_module.MaskedCategoricalCrossentropy(
+                label_smoothing=config.label_smoothing, class_weights=weights
+            )
+        else:
+            result[head] = losses_module.MaskedSparseCategoricalCrossentropy(
+                config.num_classes, label_smoothing=config.label_smoothing, class_weights=weights
+            )
+    return result
+
+
+def initial_confusions(config, roles):
+    """Start of a confusion crowd layer: ``--crowd-init ds`` from Dawid-Skene's confusion
+    matrices of the training answers (one pseudo-answer per cell keeps every logit finite),
+    ``mv`` from each annotator's confusions against the vote distribution; None for
+    ``diagonal`` or without an expression crowd head."""
+    if config.crowd_init == "diagonal" or "expression" not in config.crowd_heads:
+        return None
+    if config.crowd_layer not in models.CONFUSION_CROWD_LAYERS:
+        raise ValueError(
+            f"--crowd-init {config.crowd_init} initialises a confusion crowd layer "
+            f"({', '.join(models.CONFUSION_CROWD_LAYERS)}) only. "
+            f"Received: crowd_layer={config.crowd_layer!r}"
+        )
+    answers = data.crowd_answers(
+        roles.dataset_name,
+        roles.train.split,
+        num_classes=config.num_classes,
+        data_dir=config.data_dir,
+        manual_dir=config.manual_dir,
+        config=roles.builder_config,
+        subset=roles.train.subset,
+        partition=roles.partition_of(roles.train, config.partition),
+    )
+    if config.crowd_init == "mv":
+        return crowd_layers.majority_vote_confusions(answers, num_classes=config.num_classes)
+    aggregator = crowd_layers.DawidSkene(num_classes=config.num_classes, smoothing=1.0)
+    return aggregator.fit(answers).confusions_
