@@ -1,10 +1,11 @@
 """The server under hostile clients: its peak memory and the latency of a small request.
 
 Starts ``python -m affectnet_tf.serve`` on 127.0.0.1 (a subprocess; ``--in-process`` runs it in a
-thread of this process instead, with ``serve.ServerThread``) with a tiny untrained model
-(``compact_cnn_small`` at 32x32, as the tests build one) and ``--detect-faces``, then runs each
-load below for ``--seconds`` while one client sends a 64x64 PNG every 0.1 s and times the
-answers. Every load is bounded in clients, requests and time, and only talks to 127.0.0.1:
+thread of this process instead, with ``affectnet_tf.deploy.serve.ServerThread``) with a tiny
+untrained model (``compact_cnn_small`` at 32x32, as the tests build one) and ``--detect-faces``,
+then runs each load below for ``--seconds`` while one client sends a 64x64 PNG every 0.1 s and
+times the answers. Every load is bounded in clients, requests and time, and only talks to
+127.0.0.1:
 
 * ``idle``: nothing else;
 * ``huge PNGs, refused``: 2 clients sending the request of issue #21 again and again: 16 PNGs of
@@ -135,10 +136,11 @@ def running_server(run, flags, in_process, root=ROOT):
     """``(url, pid)`` of a server of ``run`` with ``flags`` (the package of the checkout in
     ``root``), until the block ends."""
     if in_process:
-        from affectnet_tf import serve
-        from affectnet_tf.predict import load_run_model
+        from affectnet_tf import serve as serve_command
+        from affectnet_tf.deploy import serve
+        from affectnet_tf.inference.predictor import load_run_model
 
-        args = serve.build_parser().parse_args(["--model-dir", str(run), *flags])
+        args = serve_command.build_parser().parse_args(["--model-dir", str(run), *flags])
         app = serve.make_app(
             load_run_model(run),
             NAME,

@@ -8,6 +8,7 @@ clients x 25 requests; faces on the astronaut. Hostile clients meet a server wit
 sockets on 127.0.0.1, every wait bounded.
 """
 
+import ast
 import asyncio
 import base64
 import concurrent.futures
@@ -36,9 +37,12 @@ import PIL.Image
 import pytest
 
 import affectnet_tf
-from affectnet_tf import predict, serve
+from affectnet_tf import serve as serve_command
 from affectnet_tf.data.images import decode_image, resize_image
+from affectnet_tf.deploy import serve
+from affectnet_tf.deploy.serve import decoding, image_headers, protocol
 from affectnet_tf.inference import faces
+from affectnet_tf.inference.predictor import RECORD_KEYS, Predictor, load_run_model
 
 pytest.importorskip("skimage", reason="scikit-image ships the astronaut test image")
 
@@ -108,7 +112,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(run_dir):
-    return predict.load_run_model(run_dir)
+    return load_run_model(run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -530,7 +534,12 @@ def test_one_head_models_answer_bare_values(tmp_path, images):
 
 @pytest.fixture(scope="module")
 def face_server(model):
-    app = serve.make_app(model, NAME, detect_faces=True)
+    # large images from 600000 pixels (the default: 1600 x 1600), seen by MTCNN at 640 (the
+    # default: 1280): the large-image path runs on 1024 x 1024 images, 4 times faster than on
+    # 2048 x 2048 ones
+    app = serve.make_app(
+        model, NAME, detect_faces=True, detect_max_side=640, small_image_pixels=600_000
+    )
     with serve.ServerThread(app) as running:
         yield running
 
@@ -546,12 +555,12 @@ def test_detect_faces_answers_predict_records(face_server, model):
     first, second = answer["predictions"]
     assert second == {"faces": []}  # no face: an empty list, not an error
     (record,) = first["faces"]
-    assert list(record) == list(predict.RECORD_KEYS)
+    assert list(record) == list(RECORD_KEYS)
     assert record["source"] == "instances[0]" and record["frame"] == 0
     assert faces.box_iou(record["box"], make_face_clips.ASTRONAUT_FACE_BOX) > 0.85
     assert record["score"] > 0.99
     # the records of python -m affectnet_tf.predict on the same image
-    predictor = predict.Predictor(model, faces.FaceCropper(mode="all"))
+    predictor = Predictor(model, faces.FaceCropper(mode="all"))
     (expected,) = predictor.records("instances[0]", 0, predictor.cropper.process([astronaut])[0])
     assert record["box"] == expected["box"] and record["expression"] == expected["expression"]
     np.testing.assert_allclose(
@@ -625,33 +634,64 @@ def test_image_dimensions_from_headers():
 # -- issue #21: what a hostile client cannot do ------------------------------------------------
 
 
-def test_the_module_and_its_parser_import_without_aiohttp(tmp_path):
-    """``make docs`` builds the flag tables from the parser with only the ``docs`` extra: no
-    aiohttp there. Starting the server says which extra it needs."""
-    script = f"""
-import sys
-sys.modules["aiohttp"] = None  # not installed
-sys.path.insert(0, {str(ROOT / "docs" / "tools")!r})
-import flag_tables
-from affectnet_tf import serve
-tables = flag_tables.flag_tables(flag_tables.build_parser("affectnet_tf.serve"))
-assert "`--max-request-pixels`" in tables and "`--read-timeout-s`" in tables, tables
-args = serve.build_parser().parse_args(["--model-dir", "run", "--max-queued-requests", "3"])
-assert args.max_queued_requests == 3
-for call in (lambda: serve.make_app(None, "x"), lambda: serve.SERVER,
-             lambda: serve.main(["--model-dir", "run"])):
-    try:
-        call()
-    except ImportError as error:
-        assert "affectnet-tf[serve]" in str(error), error
-    else:
-        raise AssertionError("no ImportError without aiohttp")
-print("ok")
-"""
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+def _top_level_imports(node):
+    """The modules a module's own statements import (those of its functions are left out:
+    they run on first use)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(child, ast.Import):
+            yield from (alias.name for alias in child.names)
+        elif isinstance(child, ast.ImportFrom) and child.level == 0:
+            yield child.module
+        yield from _top_level_imports(child)
+
+
+def test_the_modules_import_aiohttp_and_pillow_on_first_use_only():
+    """``make docs`` builds the API pages and the flag tables with only the ``docs`` extra: no
+    aiohttp there (tests/test_docs.py builds them so). No module of the server imports aiohttp
+    or Pillow when it is imported."""
+    paths = [ROOT / "affectnet_tf" / "serve.py"]
+    paths += sorted((ROOT / "affectnet_tf" / "deploy" / "serve").glob("*.py"))
+    assert len(paths) >= 9
+    for path in paths:
+        imported = set(_top_level_imports(ast.parse(path.read_text(encoding="utf-8"))))
+        assert not {name.split(".")[0] for name in imported} & {"aiohttp", "PIL"}, path
+
+
+def _fresh_module(name, path):
+    """A new module object of ``path`` (its module-level state made anew)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_without_aiohttp_the_parser_works_and_serving_names_the_extra(monkeypatch, tmp_path):
+    """Without aiohttp the flag tables build and the flags parse; making the app, its
+    ``SERVER`` key and starting the command raise ImportError naming the ``serve`` extra (and
+    without Pillow, reading an image's header does)."""
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # not installed
+    flag_tables = _fresh_module("flag_tables", ROOT / "docs" / "tools" / "flag_tables.py")
+    tables = flag_tables.flag_tables(flag_tables.build_parser("affectnet_tf.serve"))
+    assert "`--max-request-pixels`" in tables and "`--read-timeout-s`" in tables, tables
+    assert "`--quiet`" in tables
+    args = serve_command.build_parser().parse_args(
+        ["--model-dir", "run", "--max-queued-requests", "3"]
     )
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    assert args.max_queued_requests == 3
+    app_module = _fresh_module("fresh_app", ROOT / "affectnet_tf" / "deploy" / "serve" / "app.py")
+    missing = tmp_path / "no_run"
+    for call in (
+        lambda: app_module.make_app(None, "x"),
+        lambda: app_module.SERVER,
+        lambda: serve_command.main(["--model-dir", str(missing), "--quiet"]),  # before the model
+    ):
+        with pytest.raises(ImportError, match=r"pip install 'affectnet-tf\[serve\]'"):
+            call()
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ImportError, match=r"reads image sizes with Pillow.*affectnet-tf\[serve\]"):
+        serve.image_dimensions(b"GIF89a")
 
 
 @pytest.mark.parametrize(
@@ -694,13 +734,13 @@ def test_answers_say_nosniff_and_the_page_cannot_be_framed(server):
 def decode_calls(monkeypatch):
     """Every image the server decodes, as the call's bytes length."""
     calls = []
-    real = serve.decode_image
+    real = decoding.decode_image
 
     def spy(data):
         calls.append(len(data))
         return real(data)
 
-    monkeypatch.setattr(serve, "decode_image", spy)
+    monkeypatch.setattr(decoding, "decode_image", spy)
     return calls
 
 
@@ -765,8 +805,8 @@ def test_every_frame_of_a_gif_counts(predict_url, decode_calls):
         answer["error"],
     ), answer
     assert decode_calls == []
-    assert serve._gif_frames(stream.getvalue(), 1000) == 40
-    assert serve._gif_frames(stream.getvalue()[:20], 1000) is None
+    assert image_headers.gif_frames(stream.getvalue(), 1000) == 40
+    assert image_headers.gif_frames(stream.getvalue()[:20], 1000) is None
 
 
 def _address(url):
@@ -970,10 +1010,10 @@ def test_answered_errors_keep_no_frames():
         read(b"{" * 10)
     error = raised.value
     assert error.__traceback__ is not None and error.__cause__.__traceback__ is not None
-    serve._forget_frames(error)
+    serve.forget_frames(error)
     assert error.__traceback__ is None and error.__cause__.__traceback__ is None
     with pytest.raises(serve.RequestError) as raised:
-        serve._json_body(b"[" + b"1" * 30 + b"]")
+        protocol.json_body(b"[" + b"1" * 30 + b"]")
     assert raised.value.__context__ is None  # the parser's error (and its frames) not kept
 
 
@@ -1001,7 +1041,7 @@ def test_batcher_runs_the_items_of_a_failed_batch_one_by_one():
 def test_a_small_request_does_not_wait_behind_large_ones(strict_server, model, images, monkeypatch):
     """Two requests of three large images (1 s of decoding each, here) keep the large-image
     pool busy for 6 s; a 64x64 request meanwhile is answered at once."""
-    real, started = serve.decode_image, threading.Event()
+    real, started = decoding.decode_image, threading.Event()
 
     def slow(data):
         image = real(data)
@@ -1010,7 +1050,7 @@ def test_a_small_request_does_not_wait_behind_large_ones(strict_server, model, i
             time.sleep(1.0)
         return image
 
-    monkeypatch.setattr(serve, "decode_image", slow)
+    monkeypatch.setattr(decoding, "decode_image", slow)
     monkeypatch.setattr(strict_server.app[serve.SERVER], "max_queued_requests", 3)
     url = f"{strict_server.url}/v1/models/{NAME}:predict"
     large = _b64(_encode(np.full((200, 200, 3), 90, np.uint8)))
@@ -1031,13 +1071,13 @@ def test_a_small_request_does_not_wait_behind_large_ones(strict_server, model, i
 
 
 def test_faces_of_large_images_are_found_downscaled_one_image_at_a_time(face_server, monkeypatch):
-    """MTCNN sees a 2048x2048 image at 1280 (--detect-max-side), the box comes back in the
+    """MTCNN sees a 1024x1024 image at 640 (--detect-max-side), the box comes back in the
     image's pixels, and the server holds one decoded image of a request at a time (and, for a
     moment, the one before it, while a worker thread lets go of it), not all five."""
     app_server = face_server.app[serve.SERVER]
     astronaut = make_face_clips.astronaut()
-    large = cv2.resize(astronaut, (2048, 2048), interpolation=cv2.INTER_CUBIC)
-    real_decode, alive, most_alive = serve.decode_image, set(), [0]
+    large = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    real_decode, alive, most_alive = decoding.decode_image, set(), [0]
 
     def watched(data):
         image = np.array(real_decode(data))
@@ -1054,20 +1094,20 @@ def test_faces_of_large_images_are_found_downscaled_one_image_at_a_time(face_ser
         seen.extend(frame.shape[:2] for frame in frames)
         return real_detect(frames, *args, **kwargs)
 
-    monkeypatch.setattr(serve, "decode_image", watched)
+    monkeypatch.setattr(decoding, "decode_image", watched)
     monkeypatch.setattr(cropper, "detect", detect)
     url = f"{face_server.url}/v1/models/{NAME}:predict"
     sent = (large, astronaut, large, astronaut, astronaut)
     status, answer = _request(url, {"instances": [_b64(_encode(i, ".jpg")) for i in sent]})
     assert status == 200, answer
-    assert seen == [(1280, 1280), (512, 512), (1280, 1280), (512, 512), (512, 512)]
+    assert seen == [(640, 640), (512, 512), (640, 640), (512, 512), (512, 512)]
     assert most_alive[0] <= 2
-    scaled_box = [v * 4 for v in make_face_clips.ASTRONAUT_FACE_BOX]
+    scaled_box = [v * 2 for v in make_face_clips.ASTRONAUT_FACE_BOX]
     for i, expected_box in ((0, scaled_box), (1, make_face_clips.ASTRONAUT_FACE_BOX)):
         record = answer["predictions"][i]["faces"][0]  # the largest
         assert record["source"] == f"instances[{i}]"
         assert faces.box_iou(record["box"], expected_box) > 0.8, record["box"]
-    assert app_server.limits()["detect_max_side"] == 1280
+    assert app_server.limits()["detect_max_side"] == 640
 
 
 @pytest.mark.slow
@@ -1100,7 +1140,7 @@ def test_the_hostile_load_benchmark_runs(tmp_path, capsys):
 def test_command_line_errors(tmp_path, run_dir, capsys):
     missing = tmp_path / "no_run_here"
     with pytest.raises(SystemExit) as raised:
-        serve.main(["--model-dir", str(missing)])
+        serve_command.main(["--model-dir", str(missing)])
     assert raised.value.code == 2
     assert f"No model.keras in the run folder: {missing} does not exist" in capsys.readouterr().err
     for flags, message in [
@@ -1118,16 +1158,44 @@ def test_command_line_errors(tmp_path, run_dir, capsys):
         (["--detect-max-side", "40"], "must be >= 48"),
     ]:
         with pytest.raises(SystemExit) as raised:
-            serve.main(["--model-dir", str(run_dir), *flags])
+            serve_command.main(["--model-dir", str(run_dir), *flags])
         assert raised.value.code == 2
         assert message in capsys.readouterr().err, flags
+    defaults = serve_command.build_parser().parse_args(["--model-dir", str(run_dir)])
+    assert (defaults.detect_max_side, defaults.port, defaults.quiet) == (1280, 8501, False)
     with pytest.raises(SystemExit):
-        serve.main([])
+        serve_command.main([])
     assert "--model-dir" in capsys.readouterr().err
     with pytest.raises(
         ValueError, match=r"`max_instances` must be >= 1\. Received: max_instances=0"
     ):
-        serve.ModelServer(predict.load_run_model(run_dir), "x", max_instances=0)
+        serve.ModelServer(load_run_model(run_dir), "x", max_instances=0)
+
+
+def test_quiet_drops_the_status_lines_and_keeps_the_url(run_dir, monkeypatch, capsys):
+    """The command's status lines go to the standard error and ``--quiet`` drops them; the line
+    with the URL is printed on the standard output either way. (The server listens, prints its
+    line and stops at once instead of waiting for a signal.)"""
+
+    async def once(app, host, port, announce):
+        stop, url = await serve.runner.start_site(app, host, port)
+        try:
+            announce(url)
+        finally:
+            await stop()
+
+    monkeypatch.setattr(serve_command, "serve_forever", once)
+    url = r"http://127\.0\.0\.1:\d+"
+    line = (
+        rf"Serving '{NAME}' \(expression, valence, arousal\): the page at {url}/, "
+        rf"predictions at POST {url}/v1/models/{NAME}:predict \(Ctrl\+C stops\)\n"
+    )
+    for flags, shown in (([], True), (["--quiet"], False)):
+        assert serve_command.main(["--model-dir", str(run_dir), "--port", "0", *flags]) == 0
+        out, err = capsys.readouterr()
+        assert re.fullmatch(line, out), out
+        assert (f"Loading the model of {run_dir}" in err) is shown, err
+        assert (f"Warming up '{NAME}': one call of the model on a blank image" in err) is shown
 
 
 @pytest.mark.slow
@@ -1161,4 +1229,6 @@ def test_python_m_serve_starts_and_answers(run_dir, images, tmp_path):
             process.kill()
             process.wait()
     stderr.close()
-    assert process.returncode == 0, (tmp_path / "stderr.txt").read_text()
+    status = (tmp_path / "stderr.txt").read_text()
+    assert process.returncode == 0, status
+    assert f"Loading the model of {run_dir}" in status and "Stopping the server" in status

@@ -22,7 +22,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 import affectnet_tf
-from affectnet_tf import serve
+from affectnet_tf.deploy import serve
 
 pytest.importorskip("skimage", reason="scikit-image ships the astronaut test image")
 
