@@ -31,7 +31,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from affectnet_tf import export  # noqa: E402
+from affectnet_tf.deploy.export import onnx as onnx_export  # noqa: E402
+from affectnet_tf.deploy.export import parity, savedmodel, tflite  # noqa: E402
+from affectnet_tf.deploy.export.check_data import check_images  # noqa: E402
+from affectnet_tf.deploy.export.model import load_export_model, run_keras  # noqa: E402
+from affectnet_tf.deploy.export.run_export import file_size  # noqa: E402
 from affectnet_tf.modeling import models  # noqa: E402
 
 
@@ -83,40 +87,40 @@ def measure(model, folder, repeats, seed=0, calibration=None, check=None):
     keras_path = os.path.join(folder, "model.keras")
     model.save(keras_path)
     paths = {"keras": keras_path}
-    paths["saved_model"] = export.export_saved_model(model, os.path.join(folder, "saved_model"))
-    for quantization in export.QUANTIZATIONS:
-        paths[f"tflite_{quantization}"] = export.export_tflite(
+    paths["saved_model"] = savedmodel.export_saved_model(model, os.path.join(folder, "saved_model"))
+    for quantization in tflite.QUANTIZATIONS:
+        paths[f"tflite_{quantization}"] = tflite.export_tflite(
             model, os.path.join(folder, f"model_{quantization}.tflite"), quantization, calibration
         )
-    paths["onnx"] = export.export_onnx(model, os.path.join(folder, "model.onnx"))
+    paths["onnx"] = onnx_export.export_onnx(model, os.path.join(folder, "model.onnx"))
     runners = {
         "keras": lambda: _keras_runner(model),
         "saved_model": lambda: _saved_model_runner(paths["saved_model"]),
         "onnx": lambda: _onnx_runner(paths["onnx"]),
         **{
             f"tflite_{q}": (lambda q=q: _tflite_runner(paths[f"tflite_{q}"]))
-            for q in export.QUANTIZATIONS
+            for q in tflite.QUANTIZATIONS
         },
     }
-    reference = export.run_keras(model, check) if check is not None else None
+    reference = run_keras(model, check) if check is not None else None
     results = []
-    for name in ("keras", "saved_model", *(f"tflite_{q}" for q in export.QUANTIZATIONS), "onnx"):
+    for name in ("keras", "saved_model", *(f"tflite_{q}" for q in tflite.QUANTIZATIONS), "onnx"):
         run = runners[name]()
         latency = statistics.median(_timed(run, one, repeats))
         throughput = len(batch) * repeats / sum(_timed(run, batch, repeats, warmup=1))
         row = {
             "format": name,
-            "bytes": export.file_size(paths[name]),
+            "bytes": file_size(paths[name]),
             "latency_ms": latency * 1000,
             "images_per_s": throughput,
             "top1_agreement": None,
         }
         if reference is not None and "expression" in reference and name != "keras":
             runner = {
-                "saved_model": lambda p: export.run_saved_model(p, check),
-                "onnx": lambda p: export.run_onnx(p, check),
-            }.get(name, lambda p: export.run_tflite(p, check))
-            comparison = export.compare_outputs(reference, runner(paths[name]))
+                "saved_model": lambda p: savedmodel.run_saved_model(p, check),
+                "onnx": lambda p: onnx_export.run_onnx(p, check),
+            }.get(name, lambda p: tflite.run_tflite(p, check))
+            comparison = parity.compare_outputs(reference, runner(paths[name]))
             row["top1_agreement"] = comparison["expression"]["top1_agreement"]
         results.append(row)
         print(
@@ -146,10 +150,10 @@ def main(argv=None):
         args.backbone, args.image_size, args.repeats = "compact_cnn_small", 64, 3
     calibration = check = None
     if args.model_dir:
-        model = export.load_export_model(args.model_dir)
+        model = load_export_model(args.model_dir)
         size = int(models.model_metadata(model)["image_size"])
-        calibration = export.check_images(args.model_dir, "train", 200, size)
-        check = export.check_images(args.model_dir, "selection", 200, size)
+        calibration = check_images(args.model_dir, "train", 200, size)
+        check = check_images(args.model_dir, "selection", 200, size)
         source = f"run {args.model_dir}"
     else:
         model = models.build_model(
