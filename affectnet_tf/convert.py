@@ -6,9 +6,10 @@ python -m affectnet_tf.convert --from emonet emonet_8.pth --output emonet_8.kera
 ```
 
 The weights are files the user downloaded from the authors (the package downloads and ships
-none; see :data:`affectnet_tf.published.hsemotion.HSEMOTION_FILES` and :data:`affectnet_tf.published.emonet.EMONET_URLS`
-for where): HSEmotion's ONNX files (read with the ``onnx`` package) and EmoNet's ``.pth`` files
-(read by a restricted reader that refuses anything but tensors). The result is a prediction
+none; see :data:`affectnet_tf.published.hsemotion.HSEMOTION_FILES` and
+:data:`affectnet_tf.published.emonet.EMONET_URLS` for where): HSEmotion's ONNX files (read
+with the ``onnx`` package) and EmoNet's ``.pth`` files (read by a restricted reader that
+refuses anything but tensors). The result is a prediction
 model in the package's structure: RGB ``uint8`` images of any size in, its own preprocessing
 inside (HSEmotion: resize to 224 or 260, ImageNet mean and standard deviation; EmoNet: resize to
 256, scaled to [0, 1]), its outputs named per head with the expression probabilities in the
@@ -20,54 +21,26 @@ and licence). It works wherever a trained run's ``model.keras`` does: ``predict`
 
 EmoNet's code and weights are licensed CC BY-NC-ND 4.0: no commercial use, and a converted
 model is a derivative that may not be redistributed. HSEmotion's are Apache-2.0.
+
+The command only wires :mod:`affectnet_tf.published.conversion` to its flags: the same from
+Python is :func:`affectnet_tf.published.conversion.convert_published`. What it wrote, and the
+licence of the weights, are status lines on the standard error (``--quiet`` hides them).
 """
 
 import argparse
-import os
+import logging
 import sys
 
-__all__ = ["FAMILIES", "convert", "build_parser", "main"]
+from affectnet_tf.progress import add_verbosity_flags, configure_logging
+from affectnet_tf.published.conversion import FAMILIES, convert_published, summary_lines
 
-#: The published model families: name -> ``"module:function"`` of the converter.
-FAMILIES = {
-    "hsemotion": "affectnet_tf.published.hsemotion:convert_hsemotion",
-    "emonet": "affectnet_tf.published.emonet:convert_emonet",
-}
+__all__ = ["build_parser", "main"]
 
-
-def convert(family, weights, output=None):
-    """Converts a downloaded weights file of ``family`` into a Keras prediction model.
-
-    Args:
-        family: ``"hsemotion"`` (an ONNX file) or ``"emonet"`` (a ``.pth`` file).
-        weights: the path of the file.
-        output: where to save the model (a ``.keras`` file); not saved when ``None``.
-
-    Returns:
-        The Keras model.
-
-    Raises:
-        ValueError: an unknown family, a file that is missing or of another architecture (the
-            message names the tensor).
-    """
-    from affectnet_tf.modeling.backbones import import_function
-
-    if family not in FAMILIES:
-        raise ValueError(f"`family` must be one of {tuple(FAMILIES)}. Received: family={family!r}")
-    weights = os.fspath(weights)
-    if not os.path.isfile(weights):
-        raise ValueError(f"The weights file {weights} does not exist.")
-    if output is not None and not os.fspath(output).endswith(".keras"):
-        raise ValueError(f"`output` must be a .keras file. Received: output={output!r}")
-    model = import_function(FAMILIES[family])(weights)
-    if output is not None:
-        folder = os.path.dirname(os.path.abspath(output))
-        os.makedirs(folder, exist_ok=True)
-        model.save(output)
-    return model
+logger = logging.getLogger(__name__)
 
 
 def build_parser():
+    """The command line's ``argparse`` parser."""
     parser = argparse.ArgumentParser(
         prog="python -m affectnet_tf.convert",
         description=(
@@ -84,27 +57,21 @@ def build_parser():
     )
     parser.add_argument("weights", help="the downloaded weights file (.onnx or .pth)")
     parser.add_argument("--output", required=True, help="the Keras model to write (.keras)")
+    add_verbosity_flags(parser)
     return parser
 
 
 def main(argv=None):
+    """Converts the weights file and saves the model; exits with 1 on a refused file."""
     args = build_parser().parse_args(argv)
-    from affectnet_tf.modeling.models import model_metadata
-
+    configure_logging(args)
     try:
-        model = convert(args.family, args.weights, args.output)
+        model = convert_published(args.family, args.weights, args.output)
     except ValueError as error:
         print(f"Error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    info = model_metadata(model)
-    print(
-        f"Wrote {args.output}: {info['backbone']}, input {info['image_size']}x"
-        f"{info['image_size']}, outputs {', '.join(info['outputs'])}; classes "
-        f"{', '.join(info['class_names'])}"
-    )
-    licence = info.get("source", {}).get("licence")
-    if licence:
-        print(f"Licence of the weights: {licence}")
+    for line in summary_lines(model, args.output):
+        logger.info(line)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ paths (``m0.b1_4.conv1``, ``emo_fc_2.1`` ...) so that each tensor of a state dic
 * :func:`convert_emonet` gives the prediction model in the package's structure (``uint8``
   images of any size, resized and scaled inside, ``expression``/``valence``/``arousal``
   outputs, metadata);
-* :func:`read_state_dict` reads a PyTorch checkpoint without PyTorch and without running any
-  code from it: a restricted unpickler that rebuilds tensors as NumPy arrays and refuses every
-  other global, with every size the file declares checked before it is allocated (the limits:
-  :data:`MAX_PICKLE_BYTES` and the other ``MAX_*`` constants).
+* :func:`~affectnet_tf.published.state_dict.read_state_dict` (re-exported here, with its
+  limits :data:`~affectnet_tf.published.state_dict.MAX_PICKLE_BYTES` and the other ``MAX_*``
+  constants) reads a PyTorch checkpoint without PyTorch and without running any code from it
+  (:mod:`affectnet_tf.published.state_dict`).
 
 The weights are files the user downloads (:data:`EMONET_URLS`); the package ships neither them
 nor a converted model. Their licence (:data:`LICENCE`) forbids commercial use and the
@@ -35,23 +35,25 @@ redistribution of derivatives, which a converted model is.
 
 import collections
 import functools
-import io
-import math
 import os
-import pickle
-import struct
-import tarfile
-import zipfile
-import zlib
 
 import keras
 import numpy as np
 from keras import ops
 
-from affectnet_tf.data.images import RESIZE_METHOD
 from affectnet_tf.files import file_sha256
-from affectnet_tf.modeling.backbones import ImagePreprocessing, ModelMetadata
-from affectnet_tf.version import __version__
+from affectnet_tf.published.prediction import prediction_model, published_metadata
+from affectnet_tf.published.state_dict import (
+    INFLATION_ALLOWANCE,
+    MAX_DIMENSIONS,
+    MAX_INFLATION,
+    MAX_PICKLE_BYTES,
+    MAX_SHARING,
+    MAX_TENSORS,
+    SHARING_ALLOWANCE,
+    read_state_dict,
+    unwrap_state_dict,
+)
 from tfds_affectnet import labels
 
 __all__ = [
@@ -63,8 +65,9 @@ __all__ = [
     "emonet_backbone",
     "emonet_tensor_shapes",
     "load_backbone_weights",
-    "read_state_dict",
     "convert_emonet",
+    # re-exported from affectnet_tf.published.state_dict
+    "read_state_dict",
     "MAX_PICKLE_BYTES",
     "MAX_TENSORS",
     "MAX_INFLATION",
@@ -96,7 +99,6 @@ _NUM_MODULES = 2  # stacked hourglasses
 _DEPTH = 4  # levels of each hourglass
 _EMO_BLOCKS = 4  # ConvBlock + max pooling pairs of the emotion branch
 _HEATMAPS = 68  # landmarks
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,6 +117,7 @@ class _Builder:
         )(x)
 
     def bn_relu(self, x, name):
+        """``nn.BatchNorm2d`` (or ``1d``) then ReLU."""
         x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, momentum=0.9, name=name)(x)
         return keras.layers.ReLU(name=f"{name}.relu")(x)
 
@@ -155,6 +158,7 @@ class _Builder:
 
 
 def _check_image_size(image_size):
+    """``image_size`` as an int, a multiple of 64 (at least 64), or a ValueError."""
     size = int(image_size)
     if size < 64 or size % 64:
         raise ValueError(
@@ -268,6 +272,7 @@ def _layer_tensors(layer):
 
 
 def _torch_shape(variable, convert):
+    """The shape in PyTorch's layout of the tensor that fills ``variable``."""
     shape = tuple(variable.shape)
     if convert is None:
         return shape
@@ -287,7 +292,8 @@ def _backbone_shapes(backbone):
 
 @functools.lru_cache(maxsize=1)
 def _reference_shapes():
-    # the same at every image size; built once per process at the smallest
+    """:func:`_backbone_shapes` of the backbone: the same at every image size, so built once
+    per process at the smallest."""
     return _backbone_shapes(emonet_backbone(64, name="emonet_shapes"))
 
 
@@ -306,6 +312,7 @@ def emonet_tensor_shapes(num_classes=8):
 
 
 def _describe(source):
+    """What ``source`` is, for messages: the file name or "the state dict"."""
     if isinstance(source, collections.abc.Mapping):
         return "the state dict"
     return os.path.basename(os.fspath(source))
@@ -315,7 +322,7 @@ def _load_source(source):
     """``(state dict, description)`` of a path or a mapping, prefixes removed."""
     if isinstance(source, collections.abc.Mapping):
         where = "the state dict"
-        state = {k: np.asarray(v) for k, v in _strip_prefix(_unwrap(dict(source), where)).items()}
+        state = {k: np.asarray(v) for k, v in unwrap_state_dict(dict(source), where).items()}
         for key, value in state.items():
             if value.dtype.kind not in "biuf":
                 raise ValueError(
@@ -384,6 +391,7 @@ def load_backbone_weights(backbone, path):
 
 
 def _assign(backbone, state):
+    """Assigns the (checked) tensors of ``state`` to the backbone's variables."""
     for layer in backbone.layers:
         for name, variable, convert in _layer_tensors(layer):
             value = state[name].astype(np.float32)
@@ -427,6 +435,28 @@ def convert_emonet(source, class_names=None):
     ```
     """
     state, where = _load_source(source)
+    class_names = _class_names(state, where, class_names)
+    num_classes = len(class_names)
+    order, canonical = labels.canonical_order(class_names)
+    _check_state(state, emonet_tensor_shapes(num_classes), where)
+    backbone = emonet_backbone(IMAGE_SIZE, name="emonet")
+    _assign(backbone, state)
+    heads = ("expression", "valence", "arousal")
+    info = published_metadata("emonet", IMAGE_SIZE, "unit", heads, canonical, _source_info(source))
+    weight = state[f"{_FINAL}.weight"].astype(np.float32)
+    bias = state[f"{_FINAL}.bias"].astype(np.float32)
+    k = num_classes
+    columns = {
+        "expression": (weight[order].T, bias[order]),
+        "valence": (weight[k : k + 1].T, bias[k : k + 1]),
+        "arousal": (weight[k + 1 :].T, bias[k + 1 :]),
+    }
+    return prediction_model(backbone, info, columns, name="emonet_all")
+
+
+def _class_names(state, where, class_names):
+    """The expression outputs of the final layer in the file's order: ``class_names`` checked
+    against its shape, or the published names for its number of outputs."""
     final_weight = state.get(f"{_FINAL}.weight")
     if final_weight is None or final_weight.ndim != 2:
         _check_state(state, emonet_tensor_shapes(), where)  # names the problem
@@ -442,679 +472,20 @@ def convert_emonet(source, class_names=None):
                 f"published EmoNets have {sorted(EMONET_CLASS_NAMES)} (pass `class_names` for "
                 f"another). Received: {_FINAL}.weight.shape={tuple(final_weight.shape)}"
             )
-        class_names = EMONET_CLASS_NAMES[num_classes]
+        return EMONET_CLASS_NAMES[num_classes]
     if len(class_names) != num_classes:
         raise ValueError(
             f"`class_names` must name the {num_classes} expressions of {where}. "
             f"Received: class_names={tuple(class_names)!r}"
         )
-    order, canonical = labels.canonical_order(class_names)
-    _check_state(state, emonet_tensor_shapes(num_classes), where)
+    return tuple(class_names)
 
-    backbone = emonet_backbone(IMAGE_SIZE, name="emonet")
-    _assign(backbone, state)
 
-    source_info = {"family": "emonet", "file": None, "sha256": None}
+def _source_info(source):
+    """The metadata's ``source``: family, file name and SHA-256 (``None`` for a state dict
+    given as a mapping), licence, reference."""
+    info = {"family": "emonet", "file": None, "sha256": None}
     if not isinstance(source, collections.abc.Mapping):
-        source_info.update(file=os.path.basename(os.fspath(source)), sha256=file_sha256(source))
-    source_info.update(licence=LICENCE, reference=REFERENCE)
-    heads = ["expression", "valence", "arousal"]
-    info = {
-        "backbone": "emonet",
-        "image_size": IMAGE_SIZE,
-        "preprocessing": "unit",
-        "resize_method": RESIZE_METHOD,
-        "input": "RGB uint8 images of any size, resized inside the model",
-        "task": "all",
-        "outputs": heads,
-        "num_classes": num_classes,
-        "class_names": canonical,
-        "target": "published",
-        "crowd_heads": [],
-        "package": "affectnet-tf",
-        "package_version": __version__,
-        "source": source_info,
-    }
-    inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
-    x = ModelMetadata(info, name="metadata")(inputs)
-    x = ImagePreprocessing(IMAGE_SIZE, "unit", name="preprocessing")(x)
-    features = backbone(x, training=False)
-    layers = {
-        "expression": keras.layers.Dense(
-            num_classes, activation="softmax", dtype="float32", name="expression"
-        ),
-        "valence": keras.layers.Dense(1, dtype="float32", name="valence"),
-        "arousal": keras.layers.Dense(1, dtype="float32", name="arousal"),
-    }
-    outputs = {head: layer(features) for head, layer in layers.items()}
-    weight = state[f"{_FINAL}.weight"].astype(np.float32)
-    bias = state[f"{_FINAL}.bias"].astype(np.float32)
-    layers["expression"].set_weights([weight[order].T, bias[order]])
-    layers["valence"].set_weights([weight[num_classes : num_classes + 1].T, bias[num_classes:][:1]])
-    layers["arousal"].set_weights([weight[num_classes + 1 :].T, bias[num_classes + 1 :]])
-    return keras.Model(inputs, outputs, name="emonet_all")
-
-
-# --------------------------------------------------------------------------------------------
-# Reading PyTorch checkpoints safely
-
-_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C  # torch.save's legacy format
-_LEGACY_PROTOCOL = 1001
-_STORAGE_DTYPES = {
-    "DoubleStorage": "f8",
-    "FloatStorage": "f4",
-    "HalfStorage": "f2",
-    "BFloat16Storage": "bf16",  # read as uint16, widened to float32
-    "LongStorage": "i8",
-    "IntStorage": "i4",
-    "ShortStorage": "i2",
-    "CharStorage": "i1",
-    "ByteStorage": "u1",
-    "BoolStorage": "?",
-}
-
-# Limits on what an untrusted file may make the reader hold in memory. Every size the file
-# declares is checked against them, and against the sizes the pickle gives, before anything of
-# that size is allocated or inflated.
-
-#: The largest pickle read (``data.pkl``, or the legacy format's pickles in all): EmoNet's is
-#: about 120 KB, 170 bytes a tensor. Unpickling holds up to some 70 times the pickle's size.
-MAX_PICKLE_BYTES = 16 << 20
-#: The most tensors in a state dict (EmoNet's have 682).
-MAX_TENSORS = 100_000
-#: The compressed storages of a zip file (``torch.save`` writes them uncompressed) may inflate
-#: to this many times their compressed size in all, beyond :data:`INFLATION_ALLOWANCE`.
-MAX_INFLATION = 20
-#: What a file's compressed storages may inflate to whatever their ratio (zero-filled tensors
-#: deflate a thousandfold).
-INFLATION_ALLOWANCE = 16 << 20
-#: The tensors may copy their storages' bytes this many times in all (several tensors may view
-#: one storage: tied weights, views), beyond :data:`SHARING_ALLOWANCE`.
-MAX_SHARING = 4
-#: What the tensors may copy from shared storages whatever the number of copies.
-SHARING_ALLOWANCE = 64 << 20
-#: The most dimensions of a tensor.
-MAX_DIMENSIONS = 64
-
-
-class _Refused(ValueError):
-    """What the safe reader refuses while unpickling (other errors mean a damaged pickle)."""
-
-
-class _StorageType:
-    """What a ``torch.<Type>Storage`` global stands for: the element type."""
-
-    __slots__ = ("name", "dtype", "bfloat16")
-
-    def __init__(self, name):
-        self.name = name
-        code = _STORAGE_DTYPES[name]
-        self.dtype = np.dtype("u2" if code == "bf16" else code)
-        self.bfloat16 = code == "bf16"
-
-
-class _Storage:
-    """One storage of a checkpoint: its elements once read (``array``), or a view of another
-    (legacy files: ``numel`` elements of ``base`` from ``offset``)."""
-
-    __slots__ = ("type", "key", "numel", "base", "offset", "array")
-
-    def __init__(self, storage_type, key, numel, base=None, offset=0):
-        self.type = storage_type
-        self.key = key
-        self.numel = numel
-        self.base = base
-        self.offset = offset
-        self.array = None
-
-    def root(self, name):
-        """``(root storage, offset of this storage in it)``; the views checked, naming the
-        tensor ``name``."""
-        storage, start = self, 0
-        while storage.base is not None:
-            base = storage.base
-            if not _is_int(storage.offset) or storage.offset < 0:
-                raise ValueError(
-                    f"tensor {name!r} is in a view of storage {base.key!r} at the offset "
-                    f"{storage.offset!r}, which must be a non-negative integer"
-                )
-            if storage.offset + storage.numel > base.numel:
-                raise ValueError(
-                    f"tensor {name!r} is in a view of storage {base.key!r} that reaches past "
-                    f"its end (elements {storage.offset} to {storage.offset + storage.numel} of "
-                    f"{base.numel})"
-                )
-            start += storage.offset
-            storage = base
-        return storage, start
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _int_tuple(value, what, name):
-    if not isinstance(value, (tuple, list)) or not all(_is_int(v) for v in value):
-        raise ValueError(f"tensor {name!r} has a {what} that is not a tuple of integers: {value!r}")
-    if len(value) > MAX_DIMENSIONS:
-        raise ValueError(
-            f"tensor {name!r} has {len(value)} dimensions, more than the {MAX_DIMENSIONS} read"
-        )
-    if any(v < 0 for v in value):
-        raise ValueError(f"tensor {name!r} has a negative {what}: {tuple(value)}")
-    return tuple(value)
-
-
-class _Tensor:
-    """A tensor to materialise once its storage is read."""
-
-    __slots__ = ("storage", "offset", "size", "stride", "layout")
-
-    def __init__(self, storage, offset, size, stride):
-        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
-        self.layout = None
-
-    def check(self, name):
-        """Checks the tensor against its storage before any data is read; returns
-        ``(root storage, elements copied)``."""
-        if not isinstance(self.storage, _Storage):
-            raise ValueError(f"tensor {name!r} has no storage")
-        root, start = self.storage.root(name)
-        size = _int_tuple(self.size, "size", name)
-        stride = _int_tuple(self.stride, "stride", name)
-        offset = self.offset
-        if not _is_int(offset) or offset < 0:
-            raise ValueError(
-                f"tensor {name!r} has the storage offset {offset!r}, which must be a "
-                "non-negative integer"
-            )
-        if len(size) != len(stride):
-            raise ValueError(f"tensor {name!r} has the size {size} but the stride {stride}")
-        numel = self.storage.numel
-        count = math.prod(size)  # exact: no overflow
-        if count > numel:
-            raise ValueError(
-                f"tensor {name!r} has more elements ({count}) than its storage ({numel}); "
-                "expanded tensors are not read"
-            )
-        if count:
-            last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-            if last >= numel:
-                raise ValueError(
-                    f"tensor {name!r} reads past its storage ({last + 1} > {numel} elements)"
-                )
-        elif offset > numel:
-            raise ValueError(
-                f"tensor {name!r} starts past its storage (offset {offset} > {numel} elements)"
-            )
-        self.layout = (start + offset, size, stride)
-        return root, count
-
-    def numpy(self, name, root):
-        """A C-contiguous, writeable copy (``check`` first, then the root storage read)."""
-        if root.array is None:
-            raise ValueError(f"the data of tensor {name!r} (storage {root.key!r}) is missing")
-        start, size, stride = self.layout
-        flat = root.array
-        count = math.prod(size)
-        view = np.lib.stride_tricks.as_strided(
-            flat[start:] if count else flat[:0],
-            shape=size,
-            strides=[s * flat.itemsize for s in stride],
-            writeable=False,
-        )
-        array = np.array(view, order="C")  # a contiguous copy
-        if root.type.bfloat16:
-            array = (array.astype(np.uint32) << 16).view(np.float32)
-        return array
-
-
-class _Allowed:
-    """An allowed global: calls the function it stands for; the pickle cannot change it."""
-
-    __slots__ = ("function",)
-
-    def __init__(self, function):
-        self.function = function
-
-    def __call__(self, *args):
-        return self.function(*args)
-
-
-def _rebuild_tensor_v2(
-    storage, storage_offset, size, stride, requires_grad=False, hooks=None, metadata=None
-):
-    return _Tensor(storage, storage_offset, size, stride)
-
-
-def _rebuild_parameter(data, requires_grad=False, hooks=None):
-    return data
-
-
-_ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): _Allowed(collections.OrderedDict),
-    ("torch._utils", "_rebuild_tensor_v2"): _Allowed(_rebuild_tensor_v2),
-    ("torch._utils", "_rebuild_parameter"): _Allowed(_rebuild_parameter),
-}
-
-
-class _SafeUnpickler(pickle._Unpickler):
-    """Python's own unpickler, which reads the bytes a string declares before it holds them
-    (the C one allocates them first: a 10-byte pickle could ask for a terabyte), without the
-    one opcode that allocates first here too (``BYTEARRAY8``, protocol 5, which torch.save
-    does not write) and with no global at all."""
-
-    dispatch = dict(pickle._Unpickler.dispatch)
-    del dispatch[pickle.BYTEARRAY8[0]]
-
-    def __init__(self, file, where):
-        super().__init__(file, encoding="utf-8")
-        self.where = where
-
-    def find_class(self, module, name):
-        raise _Refused(
-            f"{self.where}: the safe reader refuses the global {module}.{name}. "
-            f"Received: global={module}.{name}"
-        )
-
-
-class _RestrictedUnpickler(_SafeUnpickler):
-    """Rebuilds ordered dicts and tensors; every other global is refused."""
-
-    dispatch = dict(_SafeUnpickler.dispatch)
-
-    def __init__(self, file, where, storages, legacy):
-        super().__init__(file, where)
-        self.storages = storages
-        self.legacy = legacy
-
-    def load_build(self):
-        """``BUILD`` (set an object's state), refused on the reader's own objects."""
-        target = self.stack[-2] if len(self.stack) > 1 else None
-        if isinstance(target, (_Allowed, _StorageType, _Storage, _Tensor)):
-            raise _Refused(
-                f"{self.where} is not a plain state dict: its pickle changes the state of a "
-                f"{type(target).__name__.lstrip('_')}, which a torch.save state dict never does."
-            )
-        super().load_build()
-
-    dispatch[pickle.BUILD[0]] = load_build
-
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[module, name]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        raise _Refused(
-            f"{self.where} is not a plain state dict: it asks for the global {module}.{name}, "
-            "which the safe reader refuses (it rebuilds only tensors and ordered dicts). "
-            f"Received: global={module}.{name}"
-        )
-
-    def persistent_load(self, pid):
-        if not isinstance(pid, tuple) or not pid:
-            raise _Refused(f"{self.where}: unknown persistent id {pid!r}")
-        kind = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
-        expected = 6 if self.legacy else 5
-        if kind != "storage" or len(pid) != expected or not isinstance(pid[1], _StorageType):
-            raise _Refused(
-                f"{self.where} is not a plain state dict: it holds a {kind!r} object "
-                "(a pickled module or another object), which the safe reader refuses."
-            )
-        storage_type, key, numel = pid[1], str(pid[2]), pid[4]
-        storage = self._storage(storage_type, key, numel)
-        if self.legacy and pid[5] is not None:  # a view of the root storage
-            view = pid[5]
-            if not isinstance(view, tuple) or len(view) != 3:
-                raise _Refused(f"{self.where}: storage {key!r} has an invalid view {view!r}")
-            view_key, offset, view_numel = str(view[0]), view[1], view[2]
-            if not _is_int(offset):
-                raise _Refused(
-                    f"{self.where}: the view {view_key!r} of storage {key!r} has an invalid "
-                    f"offset {offset!r}"
-                )
-            storage = self._storage(storage_type, view_key, view_numel, storage, offset)
-        return storage
-
-    def _storage(self, storage_type, key, numel, base=None, offset=0):
-        """The storage ``key``, made on its first mention; a second one must agree."""
-        if not _is_int(numel) or numel < 0:
-            raise _Refused(f"{self.where}: storage {key!r} has an invalid size {numel!r}")
-        storage = self.storages.get(key)
-        if storage is None:
-            storage = self.storages[key] = _Storage(storage_type, key, numel, base, offset)
-        elif (storage.type.name, storage.numel) != (storage_type.name, numel) or (
-            base is not None and (storage.base, storage.offset) != (base, offset)
-        ):
-            raise _Refused(
-                f"{self.where}: storage {key!r} is declared twice, as {storage.numel} "
-                f"{storage.type.name} elements and as {numel} {storage_type.name} elements"
-            )
-        return storage
-
-
-def read_state_dict(path):
-    """Reads a PyTorch state dict file into NumPy arrays, without PyTorch and without running
-    code from the file.
-
-    Reads ``torch.save``'s zip format (PyTorch 1.6 and later) and its earlier "legacy" format.
-    The pickle inside may only rebuild tensors (``torch._utils._rebuild_tensor_v2``, storages
-    ``torch.FloatStorage`` ...) and ``collections.OrderedDict``; any other global (a class, a
-    function such as ``os.system``) is refused before it is looked up. A dict wrapping the state
-    dict (``{"state_dict": ...}``, ``"model_state_dict"``, ``"model"``, ``"net"``) is unwrapped,
-    and a ``module.`` prefix (``nn.DataParallel``) removed.
-
-    The file may come from anywhere: before any data is read, every tensor's size, stride and
-    offset is checked against its storage, and every storage's size against the bytes the file
-    holds for it (a zip entry must declare exactly the storage's bytes, and is inflated with a
-    cap at that size). A pickle larger than :data:`MAX_PICKLE_BYTES`, more than
-    :data:`MAX_TENSORS` tensors, compressed storages that inflate more than
-    :data:`MAX_INFLATION` times (a zip bomb) and tensors that copy their storages more than
-    :data:`MAX_SHARING` times are refused, so that a small file cannot fill the memory.
-
-    Args:
-        path: the ``.pth`` file.
-
-    Returns:
-        ``{name: numpy array}`` in the file's order; ``bfloat16`` tensors widened to float32.
-
-    Raises:
-        ValueError: a file that is not a PyTorch state dict, a TorchScript archive, a refused
-            global (named), or damaged or oversized data (naming the tensor).
-
-    Example:
-
-    ```python
-    state = read_state_dict("emonet_8.pth")
-    state["conv1.weight"].shape  # (64, 3, 7, 7)
-    ```
-    """
-    path = os.fspath(path)
-    where = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"The weights file {path} does not exist.")
-    if zipfile.is_zipfile(path):
-        state, roots = _read_zip(path, where)
-    else:
-        state, roots = _read_legacy(path, where)
-    arrays = collections.OrderedDict()
-    for name, tensor in state.items():
-        try:
-            arrays[name] = tensor.numpy(name, roots[name])
-        except ValueError as error:
-            raise ValueError(f"{where}: {error}") from None
-        except Exception as error:  # MemoryError and the like: not expected after the checks
-            raise ValueError(
-                f"{where}: tensor {name!r} cannot be read ({type(error).__name__}: {error})"
-            ) from None
-    return arrays
-
-
-def _checked_state(result, where):
-    """``(state, {name: root storage}, {root storage: first tensor name})``: the tensors of
-    what the pickle gave, each checked against its storage, none read yet."""
-    state = _strip_prefix(_unwrap(result, where))
-    if len(state) > MAX_TENSORS:
-        raise ValueError(
-            f"{where} holds {len(state)} tensors, more than the {MAX_TENSORS} the reader reads."
-        )
-    roots, owners = {}, {}
-    copied = 0
-    for name, value in state.items():
-        if not isinstance(value, _Tensor):
-            raise ValueError(
-                f"{where}: the entry {name!r} is not a tensor. Received: {type(value).__name__}"
-            )
-        try:
-            root, count = value.check(name)
-        except ValueError as error:
-            raise ValueError(f"{where}: {error}") from None
-        roots[name] = root
-        owners.setdefault(root, name)
-        copied += count * root.type.dtype.itemsize
-    stored = sum(root.numel * root.type.dtype.itemsize for root in owners)
-    if copied > SHARING_ALLOWANCE + MAX_SHARING * stored:
-        raise ValueError(
-            f"{where}: its {len(state)} tensors copy {copied} bytes out of storages of "
-            f"{stored} bytes, more than {MAX_SHARING} times (the same data named many times, "
-            "which would fill the memory); the safe reader refuses it."
-        )
-    return state, roots, owners
-
-
-def _nbytes(storage):
-    return storage.numel * storage.type.dtype.itemsize
-
-
-def _read_entry(archive, info, what):
-    """The bytes of a zip entry, never more than it declares (``info.file_size``)."""
-    try:
-        with archive.open(info) as f:
-            data = f.read(info.file_size + 1)  # inflates at most this much
-    except (
-        zipfile.BadZipFile,
-        zlib.error,
-        EOFError,
-        OSError,
-        RuntimeError,
-        NotImplementedError,
-    ) as error:
-        raise ValueError(f"{what} cannot be read ({type(error).__name__}: {error})") from None
-    if len(data) != info.file_size:
-        raise ValueError(
-            f"{what} holds {'more' if len(data) > info.file_size else len(data)} bytes, "
-            f"not the {info.file_size} it declares"
-        )
-    return data
-
-
-def _read_zip(path, where):
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
-        raise ValueError(f"{where} is a damaged zip file ({error}).") from None
-    with archive:
-        infos = {info.filename: info for info in archive.infolist()}
-        names = list(infos)
-        pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-        if any(n.endswith("constants.pkl") for n in names):
-            raise ValueError(
-                f"{where} is a TorchScript archive (torch.jit.save), not a state dict: save the "
-                "model's state_dict() with torch.save instead."
-            )
-        if len(pickles) != 1:
-            raise ValueError(f"{where} is a zip file but not a PyTorch checkpoint (no data.pkl).")
-        prefix = pickles[0][: -len("data.pkl")]
-        order = "<"
-        byteorder = infos.get(f"{prefix}byteorder")
-        if byteorder is not None:
-            if byteorder.file_size > 16:
-                raise ValueError(f"{where}: its entry {byteorder.filename!r} is not a byte order")
-            if (
-                _read_entry(archive, byteorder, f"{where}: the entry {byteorder.filename!r}")
-                == b"big"
-            ):
-                order = ">"
-        info = infos[pickles[0]]
-        if info.file_size > MAX_PICKLE_BYTES:
-            raise ValueError(
-                f"{where}: its pickle {info.filename!r} declares {info.file_size} bytes, more "
-                f"than the {MAX_PICKLE_BYTES} the safe reader reads."
-            )
-        data = _read_entry(archive, info, f"{where}: its pickle {info.filename!r}")
-        storages = {}
-        unpickler = _RestrictedUnpickler(io.BytesIO(data), where, storages, legacy=False)
-        result = _unpickle(unpickler, where)
-        del data, unpickler
-        state, roots, owners = _checked_state(result, where)
-        records = {}
-        for storage, name in owners.items():
-            record = f"{prefix}data/{storage.key}"
-            info = infos.get(record)
-            what = f"{where}: the data of tensor {name!r} (zip entry {record!r})"
-            if info is None:
-                raise ValueError(f"{what} is missing")
-            if info.file_size != _nbytes(storage):
-                raise ValueError(
-                    f"{what} declares {info.file_size} bytes; its storage of {storage.numel} "
-                    f"{storage.type.name} elements has {_nbytes(storage)}. "
-                    f"Received: file_size={info.file_size}"
-                )
-            records[storage] = (info, what)
-        _check_inflation(records.values(), where)
-        for storage, (info, what) in records.items():
-            storage.array = _elements(_read_entry(archive, info, what), storage, order)
-    return state, roots
-
-
-def _check_inflation(records, where):
-    """Refuses compressed entries that inflate more than :data:`MAX_INFLATION` times."""
-    compressed = [
-        (info, what) for info, what in records if info.compress_type != zipfile.ZIP_STORED
-    ]
-    inflated = sum(info.file_size for info, _ in compressed)
-    packed = sum(info.compress_size for info, _ in compressed)
-    if inflated > INFLATION_ALLOWANCE + MAX_INFLATION * packed:
-        info, what = max(compressed, key=lambda r: r[0].file_size / max(r[0].compress_size, 1))
-        raise ValueError(
-            f"{what} inflates {info.compress_size} bytes to {info.file_size}, and the "
-            f"compressed storages {packed} bytes to {inflated}: more than {MAX_INFLATION} times "
-            "(a zip bomb? torch.save stores its tensors uncompressed); the safe reader refuses it."
-        )
-
-
-def _elements(data, storage, order):
-    """The storage's elements, on the bytes read (copied only to swap the byte order)."""
-    dtype = storage.type.dtype.newbyteorder(order)
-    array = np.frombuffer(data, dtype, storage.numel)
-    return array if dtype.isnative else array.astype(storage.type.dtype)
-
-
-def _unpickle(unpickler, where):
-    try:
-        return unpickler.load()
-    except _Refused as error:
-        raise ValueError(str(error)) from None
-    except Exception as error:  # a damaged pickle, MemoryError included
-        raise ValueError(
-            f"{where} is not a readable PyTorch checkpoint ({type(error).__name__}: {error})"
-        ) from None
-
-
-class _LimitedReader:
-    """The reads of the legacy format's pickles: at most :data:`MAX_PICKLE_BYTES` in all, and
-    never past the end of the file (a pickle that declares a longer string is refused)."""
-
-    def __init__(self, file, size, where):
-        self.file = file
-        self.where = where
-        self.capped = size - file.tell() > MAX_PICKLE_BYTES
-        self.left = min(size - file.tell(), MAX_PICKLE_BYTES)
-
-    def _take(self, n):
-        if n > self.left:
-            if self.capped:
-                raise _Refused(
-                    f"{self.where}: its pickles are larger than the {MAX_PICKLE_BYTES} bytes "
-                    "the safe reader reads."
-                )
-            raise _Refused(f"{self.where} is truncated (a pickle reads past its end).")
-        self.left -= n
-
-    def read(self, n=-1):
-        n = self.left if n is None or n < 0 else n
-        self._take(n)
-        return self.file.read(n)
-
-    def readline(self, limit=-1):
-        line = self.file.readline(self.left + 1)
-        self._take(len(line))
-        return line
-
-
-def _read_legacy(path, where):
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(2)
-        if head[:1] != b"\x80":
-            if tarfile.is_tarfile(path):
-                raise ValueError(
-                    f"{where} is in PyTorch's tar format (before version 0.1.10), which the safe "
-                    "reader does not read: load it with that PyTorch and torch.save its "
-                    "state_dict() again."
-                )
-            raise ValueError(f"{where} is not a PyTorch checkpoint (neither zip nor pickle).")
-        f.seek(0)
-        reader = _LimitedReader(f, size, where)
-        magic = _unpickle(_SafeUnpickler(reader, where), where)
-        if magic != _MAGIC_NUMBER:
-            raise ValueError(
-                f"{where} is a pickle but not a PyTorch checkpoint (no torch.save magic number); "
-                "the safe reader reads only torch.save's formats."
-            )
-        protocol = _unpickle(_SafeUnpickler(reader, where), where)
-        if protocol != _LEGACY_PROTOCOL:
-            raise ValueError(f"{where}: unknown legacy checkpoint protocol {protocol!r}")
-        sys_info = _unpickle(_SafeUnpickler(reader, where), where)
-        little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
-        storages = {}
-        result = _unpickle(_RestrictedUnpickler(reader, where, storages, legacy=True), where)
-        keys = _unpickle(_SafeUnpickler(reader, where), where)
-        if not isinstance(keys, (list, tuple)):
-            raise ValueError(f"{where}: its list of storages is a {type(keys).__name__}")
-        state, roots, owners = _checked_state(result, where)
-        order = "<" if little else ">"
-        seen = set()
-        for key in keys:
-            storage = storages.get(str(key))
-            if storage is None or storage.base is not None or storage.key in seen:
-                raise ValueError(f"{where}: unknown storage {key!r} in the data section")
-            seen.add(storage.key)
-            name = owners.get(storage)
-            what = f"{where}: the data of " + (
-                f"tensor {name!r} (storage {storage.key!r})" if name else f"storage {storage.key!r}"
-            )
-            header = f.read(8)
-            if len(header) != 8:
-                raise ValueError(f"{what} is truncated")
-            (numel,) = struct.unpack(f"{order}q", header)
-            if numel != storage.numel:
-                raise ValueError(f"{what} holds {numel} elements, not {storage.numel}")
-            nbytes = _nbytes(storage)
-            left = size - f.tell()
-            if nbytes > left:
-                raise ValueError(
-                    f"{what} is truncated: its {numel} elements need {nbytes} bytes, the file "
-                    f"has {left} left"
-                )
-            if name is None:  # a storage no tensor of the state dict reads
-                f.seek(nbytes, os.SEEK_CUR)
-                continue
-            data = f.read(nbytes)
-            if len(data) != nbytes:
-                raise ValueError(f"{what} is truncated")
-            storage.array = _elements(data, storage, order)
-    return state, roots
-
-
-def _unwrap(result, where):
-    """The state dict inside what a file holds (``{"state_dict": ...}`` and the like)."""
-    if not isinstance(result, dict):
-        raise ValueError(f"{where} does not hold a state dict. Received: {type(result).__name__}")
-    if result and all(isinstance(v, (_Tensor, np.ndarray)) for v in result.values()):
-        return result
-    for key in _WRAPPER_KEYS:
-        if isinstance(result.get(key), dict):
-            return result[key]
-    if not result:
-        raise ValueError(f"{where} holds an empty dict, not a state dict.")
-    return result  # the non-tensor entry is named later
-
-
-def _strip_prefix(state):
-    """Removes the ``module.`` prefix of ``nn.DataParallel`` models."""
-    prefix = "module."
-    return collections.OrderedDict(
-        (k[len(prefix) :] if isinstance(k, str) and k.startswith(prefix) else k, v)
-        for k, v in state.items()
-    )
+        info.update(file=os.path.basename(os.fspath(source)), sha256=file_sha256(source))
+    info.update(licence=LICENCE, reference=REFERENCE)
+    return info

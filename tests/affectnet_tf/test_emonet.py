@@ -24,10 +24,10 @@ import pytest
 from emonet_weights import seeded_images, seeded_state_dict, write_torch_zip
 
 import affectnet_tf
+from affectnet_tf.inference.embeddings import embedding_model
+from affectnet_tf.inference.predictor import Predictor
 from affectnet_tf.modeling import backbones, models
-from affectnet_tf.predict import Predictor
 from affectnet_tf.published import emonet
-from affectnet_tf.video_train import embedding_model
 from tfds_affectnet import labels
 
 DATA = Path(__file__).parent / "data"

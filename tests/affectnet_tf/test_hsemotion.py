@@ -30,10 +30,10 @@ from onnx import helper, numpy_helper
 
 import affectnet_tf
 from affectnet_tf.data.images import resize_image
+from affectnet_tf.inference.embeddings import embedding_model
+from affectnet_tf.inference.predictor import Predictor
 from affectnet_tf.modeling import backbones, models
-from affectnet_tf.predict import Predictor
 from affectnet_tf.published import hsemotion
-from affectnet_tf.video_train import embedding_model
 from tfds_affectnet import labels
 
 DATA = Path(__file__).parent / "data" / "hsemotion"
