@@ -32,6 +32,7 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python .ci/check_sizes.py
 
 # The documentation site into site/; --strict fails on any warning (broken links, missing
 # references, docstring problems). NO_MKDOCS_2_WARNING hides Material's notice about MkDocs 2.0.

@@ -27,7 +27,13 @@ import sys
 
 from tqdm.auto import tqdm
 
-__all__ = ["add_verbosity_flags", "configure_logging", "verbosity_level", "progress"]
+__all__ = [
+    "add_verbosity_flags",
+    "configure_logging",
+    "reset_logging",
+    "verbosity_level",
+    "progress",
+]
 
 LOGGER_NAME = "affectnet_tf"
 _FORMAT = "%(message)s"
@@ -91,6 +97,18 @@ def configure_logging(args=None, level=None, stream=None):
     logger.propagate = False
     _state["level"] = chosen
     return chosen
+
+
+def reset_logging():
+    """Undoes :func:`configure_logging`: removes its handler, gives the package's logger back
+    to Python's defaults (level unset, records propagated to the root logger), no bars."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        if getattr(handler, "_affectnet_tf", False):
+            logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+    _state["level"] = None
 
 
 class _StderrHandler(logging.StreamHandler):

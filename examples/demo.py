@@ -40,7 +40,8 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 import tfds_affectnet  # noqa: E402, F401  (registers synthetic_faces)
 from affectnet_tf import train as train_module  # noqa: E402
-from affectnet_tf.data import pipeline as data  # noqa: E402
+from affectnet_tf.data.tables import load_label_table  # noqa: E402
+from affectnet_tf.data.targets import build_targets  # noqa: E402
 
 __all__ = ["TARGETS", "TARGET_NAMES", "parse_args", "label_quality", "summary_table", "main"]
 
@@ -98,11 +99,11 @@ def parse_args(argv=None):
 def label_quality(builder, split="train"):
     """How good each target's labels are on ``split``: accuracy against the truth of the
     majority vote, of the Dawid-Skene labels, and of a single crowd answer (mean)."""
-    table = data.load_label_table(builder, split)
+    table = load_label_table(builder, split)
     truth = table["true_expression"]
     result = {"true": 1.0}
     for target in ("mv", "ds"):
-        values = data.build_targets(table, task="exp", target=target)[0]
+        values = build_targets(table, task="exp", target=target)[0]
         labels = values if values.ndim == 1 else values.argmax(axis=1)
         result[target] = float(np.mean(labels == truth))
     answers = table["crowd_expression"]

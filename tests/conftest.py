@@ -35,6 +35,17 @@ def c25_csv_dir():
     return SHARED_C25
 
 
+@pytest.fixture(autouse=True)
+def _package_logging_reset():
+    """A command's ``main`` configures the package's logger (its handler, level, no
+    propagation): each test starts and ends with Python's defaults, so ``caplog`` sees records."""
+    from affectnet_tf import progress
+
+    progress.reset_logging()
+    yield
+    progress.reset_logging()
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -3,8 +3,9 @@
 The prediction model takes raw RGB ``uint8`` images of any size (input ``(None, None, 3)``):
 a :class:`~affectnet_tf.modeling.backbones.ModelMetadata` layer (identity, carries the metadata), an
 :class:`~affectnet_tf.modeling.backbones.ImagePreprocessing` layer (resize + the backbone's scaling),
-the backbone (called with ``training=False`` when pretrained, so BatchNorm stays in inference
-mode during fine-tuning), global pooling, dropout and the heads:
+the backbone (called with ``training=False`` when pretrained; Keras 3 still passes the outer
+call's ``training=True`` on to it in ``fit`` (keras-team/keras#20285), so its BatchNorm
+statistics stay fixed only while the backbone is frozen), global pooling, dropout and the heads:
 
 * ``expression``: ``Dense(num_classes, softmax)``;
 * ``valence`` / ``arousal``: ``Dense(1, tanh)``, values in ``[-1, 1]``, shape ``(batch, 1)``.
@@ -26,6 +27,7 @@ import numpy as np
 
 import crowd_layers
 from affectnet_tf.data.images import RESIZE_METHOD
+from affectnet_tf.data.targets import TASK_HEADS
 from affectnet_tf.modeling.backbones import ImagePreprocessing, ModelMetadata, build_backbone
 from affectnet_tf.version import __version__
 from tfds_affectnet import labels
@@ -52,13 +54,6 @@ CONFUSION_CROWD_LAYERS = crowd_layers.CONFUSION_METHODS
 #: Valence/arousal crowd layers: ``gaussian`` (the default: :class:`crowd_layers.CrowdsGaussian`,
 #: scale, bias and noise per annotator) or a :class:`crowd_layers.CrowdsRegression` connection.
 VA_CROWD_LAYERS = ("gaussian", "S", "B", "S+B", "B+S")
-TASK_HEADS = {
-    "exp": ("expression",),
-    "aro": ("arousal",),
-    "val": ("valence",),
-    "va": ("valence", "arousal"),
-    "all": ("expression", "valence", "arousal"),
-}
 
 BuiltModel = collections.namedtuple(
     "BuiltModel", ["training_model", "prediction_model", "backbone"]
@@ -66,8 +61,103 @@ BuiltModel = collections.namedtuple(
 
 
 def _check_choice(value, choices, name):
+    """Raises a ``ValueError`` naming ``name`` when ``value`` is not one of ``choices``."""
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {tuple(choices)}. Received: {name}={value!r}")
+
+
+def _check_crowd_arguments(
+    crowd_heads, num_annotators, crowd_layer, va_crowd_layer, init_confusions
+):
+    """Checks what the crowd heads need: known layers, the annotators, fitting start matrices."""
+    _check_choice(crowd_layer, CROWD_LAYERS, "crowd_layer")
+    _check_choice(va_crowd_layer, VA_CROWD_LAYERS, "va_crowd_layer")
+    if not num_annotators:
+        raise ValueError(
+            "Crowd targets ('cv') need the number of annotators of the dataset (a dataset with "
+            f"crowd answers, such as affectnet_c25). Received: num_annotators={num_annotators!r}"
+        )
+    if init_confusions is not None and "expression" not in crowd_heads:
+        raise ValueError("`init_confusions` needs an expression crowd head (target='cv').")
+    if init_confusions is not None and crowd_layer not in CONFUSION_CROWD_LAYERS:
+        raise ValueError(
+            "`init_confusions` initialises a confusion crowd layer "
+            f"({', '.join(CONFUSION_CROWD_LAYERS)}) only. Received: crowd_layer={crowd_layer!r}"
+        )
+
+
+def _model_info(model, task, num_classes, target, crowd_heads, size, spec, metadata):
+    """The metadata of a model (:func:`model_metadata`), ``metadata``'s entries added."""
+    info = {
+        "backbone": model,
+        "image_size": size,
+        "preprocessing": spec.preprocessing,
+        "resize_method": RESIZE_METHOD,
+        "input": "RGB uint8 images of any size, resized inside the model",
+        "task": task,
+        "outputs": list(TASK_HEADS[task]),
+        "num_classes": num_classes,
+        "class_names": list(labels.expression_names(num_classes)),
+        "target": target,
+        "crowd_heads": crowd_heads,
+        "package": "affectnet-tf",
+        "package_version": __version__,
+    }
+    info.update(metadata or {})
+    return info
+
+
+def _task_head(head, features, num_classes):
+    """One head on the pooled features: softmax over the classes, or one tanh value."""
+    if head == "expression":
+        layer = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=head)
+    else:
+        layer = keras.layers.Dense(1, activation="tanh", dtype="float32", name=head)
+    return layer(features)
+
+
+def _outputs(heads, outputs):
+    """A model's outputs: the only head's tensor, or the dict of heads."""
+    return outputs[heads[0]] if len(heads) == 1 else outputs
+
+
+def _prediction_model(backbone, spec, info, heads, num_classes, dropout, pretrained, name):
+    """The prediction model: metadata, preprocessing, the backbone, dropout and the heads."""
+    inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
+    x = ModelMetadata(info, name="metadata")(inputs)
+    x = ImagePreprocessing(info["image_size"], spec.preprocessing, name="preprocessing")(x)
+    features = backbone(x, training=False) if pretrained else backbone(x)
+    if dropout:
+        features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+    outputs = {head: _task_head(head, features, num_classes) for head in heads}
+    return keras.Model(inputs, _outputs(heads, outputs), name=name)
+
+
+def _crowd_layer(head, num_classes, num_annotators, crowd_layer, va_crowd_layer, init_confusions):
+    """The crowd layer of one head (``crowd_<head>``)."""
+    options = {"dtype": "float32", "name": f"crowd_{head}"}
+    if head == "expression":
+        layer, _ = crowd_layers.crowd_method(
+            crowd_layer, num_classes, num_annotators, init_confusions, **options
+        )
+        return layer
+    if va_crowd_layer == "gaussian":
+        return crowd_layers.CrowdsGaussian(num_annotators, **options)
+    return crowd_layers.CrowdsRegression(num_annotators, conn_type=va_crowd_layer, **options)
+
+
+def _crowd_training_model(prediction, heads, crowd_heads, make_layer, name):
+    """The training model: the prediction model with ``make_layer(head)`` on each crowd head
+    (the other heads are trained on their single-value targets as they are)."""
+    inputs = prediction.inputs[0]
+    predicted = prediction(inputs)
+    if len(heads) == 1:
+        predicted = {heads[0]: predicted}
+    outputs = {
+        head: make_layer(head)(predicted[head]) if head in crowd_heads else predicted[head]
+        for head in heads
+    }
+    return keras.Model(inputs, _outputs(heads, outputs), name=name)
 
 
 def build_model(
@@ -124,86 +214,25 @@ def build_model(
     va_target = va_target or ("cv" if target == "cv" else "mean")
     crowd_heads = [h for h in heads if (target if h == "expression" else va_target) == "cv"]
     if crowd_heads:
-        _check_choice(crowd_layer, CROWD_LAYERS, "crowd_layer")
-        _check_choice(va_crowd_layer, VA_CROWD_LAYERS, "va_crowd_layer")
-        if not num_annotators:
-            raise ValueError(
-                "Crowd targets ('cv') need the number of annotators of the dataset (a dataset with "
-                f"crowd answers, such as affectnet_c25). Received: num_annotators={num_annotators!r}"
-            )
-        if init_confusions is not None and "expression" not in crowd_heads:
-            raise ValueError("`init_confusions` needs an expression crowd head (target='cv').")
-        if init_confusions is not None and crowd_layer not in CONFUSION_CROWD_LAYERS:
-            raise ValueError(
-                "`init_confusions` initialises a confusion crowd layer "
-                f"({', '.join(CONFUSION_CROWD_LAYERS)}) only. Received: crowd_layer={crowd_layer!r}"
-            )
+        _check_crowd_arguments(
+            crowd_heads, num_annotators, crowd_layer, va_crowd_layer, init_confusions
+        )
     backbone, spec = build_backbone(model, weights=weights, image_size=image_size)
     size = int(backbone.input_shape[1])
     pretrained = weights is not None and str(weights).lower() != "none"
-    info = {
-        "backbone": model,
-        "image_size": size,
-        "preprocessing": spec.preprocessing,
-        "resize_method": RESIZE_METHOD,
-        "input": "RGB uint8 images of any size, resized inside the model",
-        "task": task,
-        "outputs": list(heads),
-        "num_classes": num_classes,
-        "class_names": list(labels.expression_names(num_classes)),
-        "target": target,
-        "crowd_heads": crowd_heads,
-        "package": "affectnet-tf",
-        "package_version": __version__,
-    }
-    info.update(metadata or {})
-
-    inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
-    x = ModelMetadata(info, name="metadata")(inputs)
-    x = ImagePreprocessing(size, spec.preprocessing, name="preprocessing")(x)
-    features = backbone(x, training=False) if pretrained else backbone(x)
-    if dropout:
-        features = keras.layers.Dropout(dropout, name="head_dropout")(features)
-    outputs = {}
-    for head in heads:
-        if head == "expression":
-            outputs[head] = keras.layers.Dense(
-                num_classes, activation="softmax", dtype="float32", name=head
-            )(features)
-        else:
-            outputs[head] = keras.layers.Dense(1, activation="tanh", dtype="float32", name=head)(
-                features
-            )
-    single = len(heads) == 1
-    prediction = keras.Model(
-        inputs, outputs[heads[0]] if single else outputs, name=f"{model}_{task}"
+    info = _model_info(model, task, num_classes, target, crowd_heads, size, spec, metadata)
+    prediction = _prediction_model(
+        backbone, spec, info, heads, num_classes, dropout, pretrained, name=f"{model}_{task}"
     )
     if not crowd_heads:
         return BuiltModel(prediction, prediction, backbone)
-
-    predicted = prediction(inputs)
-    if single:
-        predicted = {heads[0]: predicted}
-    crowd_outputs = {}
-    for head in heads:
-        if head not in crowd_heads:  # trained on its single-value target as it is
-            crowd_outputs[head] = predicted[head]
-            continue
-        options = {"dtype": "float32", "name": f"crowd_{head}"}
-        if head == "expression":
-            layer, _ = crowd_layers.crowd_method(
-                crowd_layer, num_classes, num_annotators, init_confusions, **options
-            )
-        elif va_crowd_layer == "gaussian":
-            layer = crowd_layers.CrowdsGaussian(num_annotators, **options)
-        else:
-            layer = crowd_layers.CrowdsRegression(
-                num_annotators, conn_type=va_crowd_layer, **options
-            )
-        crowd_outputs[head] = layer(predicted[head])
-    training = keras.Model(
-        inputs,
-        crowd_outputs[heads[0]] if single else crowd_outputs,
+    training = _crowd_training_model(
+        prediction,
+        heads,
+        crowd_heads,
+        lambda head: _crowd_layer(
+            head, num_classes, num_annotators, crowd_layer, va_crowd_layer, init_confusions
+        ),
         name=f"{model}_{task}_crowd",
     )
     return BuiltModel(training, prediction, backbone)

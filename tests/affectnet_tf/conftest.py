@@ -1,5 +1,7 @@
 """Fixtures of the affectnet_tf tests: dummy AffectNet / AffectNetC25 prepared once per session."""
 
+import logging
+
 import make_dummy_data
 import pytest
 import tensorflow_datasets as tfds
@@ -25,11 +27,12 @@ def train_data_dir(tmp_path_factory):
     return data_dir
 
 
-@pytest.fixture
-def tiny_config(train_data_dir, tmp_path):
-    """A fast training configuration: compact CNN, 32x32, one epoch of two steps."""
+@pytest.fixture(scope="session")
+def tiny_settings(train_data_dir):
+    """``make(output_dir, **overrides)``: a fast training configuration (compact CNN, 32x32,
+    one epoch of two steps) writing to ``output_dir``; for module- and session-scoped runs."""
 
-    def make(**overrides):
+    def make(output_dir, **overrides):
         config = {
             "dataset": "affectnet_c25/set1",
             "data_dir": str(train_data_dir),
@@ -42,7 +45,7 @@ def tiny_config(train_data_dir, tmp_path):
             "epochs": 1,
             "batch_size": 4,
             "steps_per_epoch": 2,
-            "output_dir": str(tmp_path / "run"),
+            "output_dir": str(output_dir),
             "strategy": "default",
             "report": False,  # the evaluation tests look at reports
         }
@@ -50,3 +53,40 @@ def tiny_config(train_data_dir, tmp_path):
         return config
 
     return make
+
+
+@pytest.fixture
+def tiny_config(tiny_settings, tmp_path):
+    """A fast training configuration: compact CNN, 32x32, one epoch of two steps, in
+    ``tmp_path / "run"`` unless ``output_dir`` is given."""
+
+    def make(**overrides):
+        return tiny_settings(overrides.pop("output_dir", tmp_path / "run"), **overrides)
+
+    return make
+
+
+@pytest.fixture
+def restore_logging():
+    """Restores the ``affectnet_tf`` logger's handlers, level and propagation after the test
+    (a command's ``main`` run in the test process configures them)."""
+    logger = logging.getLogger("affectnet_tf")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield logger
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+
+
+@pytest.fixture
+def status_log(restore_logging):
+    """The messages the package logs at INFO and above during the test (a list that fills
+    as it runs), whatever level an earlier ``configure_logging`` chose (a ``--quiet`` run
+    within the test still silences them)."""
+    messages = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    restore_logging.addHandler(handler)
+    if not restore_logging.isEnabledFor(logging.INFO):
+        restore_logging.setLevel(logging.INFO)
+    return messages
