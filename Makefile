@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo_output
+# Two worker processes, each test module kept on one worker (its module fixtures made once).
+PYTEST_WORKERS ?= -n 2 --dist loadscope
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast lint docs bench wheel-check clean
@@ -40,11 +42,11 @@ docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test: $(VENV)/.installed-test lint docs
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The inner loop: ruff and the tests not marked slow (`make test` runs everything).
 test-fast: $(VENV)/.installed-test lint
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 # The wheel installed into a clean venv outside the repository: train, predict, export (CI).
 wheel-check: $(VENV)/.installed-test

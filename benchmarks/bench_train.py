@@ -75,7 +75,7 @@ def _fitted(name, crowd, image_size, batch_size, warmup, jit_compile, crowd_laye
         loss = losses.MaskedSparseCategoricalCrossentropy(8)
     built.training_model.compile("adam", loss=loss, jit_compile=jit_compile)
     data = _dataset(batch_size, image_size, crowd)
-    built.training_model.fit(data, epochs=1, steps_per_epoch=warmup, verbose=0)
+    built.training_model.fit(data, epochs=1, steps_per_epoch=warmup, verbose=0, shuffle=False)
     return built.training_model, data
 
 
@@ -95,7 +95,7 @@ def bench(name, image_size, batch_size, steps, warmup, jit_compile, rounds, crow
     for _ in range(rounds):
         for head, (model, data) in fitted.items():
             start = time.perf_counter()
-            model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
+            model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
             best[head] = max(best[head], batch_size * steps / (time.perf_counter() - start))
     return best
 
@@ -124,13 +124,13 @@ def head_only_seconds(batch_size, steps, rounds, jit_compile, crowd_layer, featu
         model = keras.Model(x, outputs)
         model.compile("adam", loss=loss, jit_compile=jit_compile)
         data = tf.data.Dataset.from_tensors((inputs, targets)).repeat()
-        model.fit(data, epochs=1, steps_per_epoch=5, verbose=0)
+        model.fit(data, epochs=1, steps_per_epoch=5, verbose=0, shuffle=False)
         timed[head] = (model, data)
     best = {head: float("inf") for head in timed}
     for _ in range(rounds):
         for head, (model, data) in timed.items():
             start = time.perf_counter()
-            model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
+            model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
             best[head] = min(best[head], (time.perf_counter() - start) / steps)
     return best
 

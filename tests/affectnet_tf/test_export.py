@@ -295,7 +295,7 @@ def test_check_parity_thresholds():
         parity.check_parity(comparison, "onnx")
 
 
-def test_check_data_from_a_folder_counts_unreadable_files(run_dir, tmp_path, capsys):
+def test_check_data_from_a_folder_counts_unreadable_files(run_dir, tmp_path, caplog):
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(4)
@@ -304,7 +304,9 @@ def test_check_data_from_a_folder_counts_unreadable_files(run_dir, tmp_path, cap
     (folder / "3.jpg").write_bytes(b"not an image")
     images = check_images(run_dir, str(folder), count=10, image_size=SIZE)
     assert images.shape == (3, SIZE, SIZE, 3)
-    assert "Skipped 1 of 4 files" in capsys.readouterr().err
+    skipped = [r for r in caplog.records if "Skipped 1 of 4 files" in r.getMessage()]
+    assert len(skipped) == 1 and skipped[0].levelname == "WARNING"
+    assert "3.jpg" in skipped[0].getMessage()
 
 
 def test_errors_name_what_is_wrong(run_dir, tmp_path, capsys):

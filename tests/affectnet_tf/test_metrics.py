@@ -233,6 +233,7 @@ def test_keras_metrics_in_compile_and_a_saved_model(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 4)).astype(np.float32)
     y = {"expression": rng.integers(0, 3, 32), "valence": rng.uniform(-1, 1, (32, 1))}
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # a trained model, its optimizer built
     logs = model.evaluate(x, y, batch_size=8, return_dict=True, verbose=0)
     predicted = model.predict(x, verbose=0)
     assert logs["valence_ccc"] == pytest.approx(

@@ -133,3 +133,4 @@ def test_serve(run, home):
     finally:
         process.terminate()
         process.wait(timeout=30)
+        process.stdout.close()

@@ -1228,6 +1228,7 @@ def test_python_m_serve_starts_and_answers(run_dir, images, tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    process.stdout.close()
     stderr.close()
     status = (tmp_path / "stderr.txt").read_text()
     assert process.returncode == 0, status
