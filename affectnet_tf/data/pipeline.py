@@ -492,6 +492,9 @@ def make_dataset(
 ):
     """A batched, prefetched ``tf.data.Dataset`` of ``(image, targets)`` ready for ``model.fit``.
 
+    The arguments not listed below are the settings of the batches, each described in
+    :class:`PipelineOptions`.
+
     Args:
         name: TFDS name, with config if any (``"affectnet"``, ``"affectnet_c25"``,
             ``"synthetic_faces/c25_dense"``), and with the split when ``split`` is None
@@ -502,7 +505,6 @@ def make_dataset(
         config: a ``tfds.core.BuilderConfig`` instance for a custom configuration (another
             stored image size, for instance), instead of a config name in ``name``.
         return_info: also return a :class:`DatasetInfo`.
-        **others: the settings of the batches, each described in :class:`PipelineOptions`.
 
     Returns:
         The dataset, or ``(dataset, info)`` with ``return_info=True``.
