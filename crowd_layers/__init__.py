@@ -1,13 +1,15 @@
 """Crowd layers for Keras 3: learning from the raw answers of many annotators.
 
 The recommended method pools each item's answers in Dawid-Skene's likelihood with the network
-as the class prior (:class:`CrowdsPooled`, :class:`PooledCrowdLikelihood`; for valence and
-arousal :class:`CrowdsGaussian`, :class:`MaskedGaussianLikelihood`). Beside it: a Keras 3
+as the class prior (:class:`CrowdsPooled`, :class:`PooledCrowdLikelihood`); for valence and
+arousal the network is the prior of a latent-truth model with each annotator's scale, bias and
+noise (:class:`CrowdsLatentTruth`, :class:`LatentTruthLikelihood`). Beside it: a Keras 3
 re-implementation of Rodrigues & Pereira, "Deep Learning from Crowds", AAAI 2018 (reference
 code: github.com/fmpr/CrowdLayer), with the reference's public names, a confusion-matrix layer
 with the trace regulariser of Tanno et al. (CVPR 2019) or GeoCrowdNet's volume regulariser
 (Ibrahim et al., ICLR 2023), masked losses, and the label aggregators that serve as baselines
-(majority vote, Dawid-Skene, agreement).
+(majority vote, Dawid-Skene, agreement, and for valence and arousal the mean, the median and
+the latent-truth model :class:`LatentTruthRegression`).
 
 Importing the package registers every layer and loss with Keras, so a saved model reloads with
 ``keras.models.load_model(path)`` and no ``custom_objects``.
@@ -17,6 +19,7 @@ This package imports nothing else of affectnet-tf.
 
 from crowd_layers.aggregation import (
     DawidSkene,
+    LatentTruthRegression,
     fleiss_kappa,
     krippendorff_alpha,
     majority_vote,
@@ -27,6 +30,7 @@ from crowd_layers.aggregation import (
     vote_distribution,
 )
 from crowd_layers.confusions import ConfusionTraceRegularizer, ConfusionVolumeRegularizer
+from crowd_layers.latent_truth import CrowdsLatentTruth, LatentTruthLikelihood, latent_truth_nll
 from crowd_layers.layers import CrowdsClassification, CrowdsConfusion, CrowdsRegression
 from crowd_layers.losses import (
     MaskedMultiCrossEntropy,
@@ -65,6 +69,9 @@ __all__ = [
     "CrowdsPooled",
     "PooledCrowdLikelihood",
     "pooled_crowd_nll",
+    "CrowdsLatentTruth",
+    "LatentTruthLikelihood",
+    "latent_truth_nll",
     "CrowdsGaussian",
     "MaskedGaussianLikelihood",
     "masked_gaussian_nll",
@@ -83,6 +90,7 @@ __all__ = [
     "CrowdsCategoricalAggregator",
     "CrowdsBinaryAggregator",
     "DawidSkene",
+    "LatentTruthRegression",
     "majority_vote",
     "vote_distribution",
     "mean_answer",

@@ -52,9 +52,10 @@ class PipelineOptions:
             file name), ``soft`` (vote distribution), ``ds`` (Dawid-Skene posteriors, fitted
             on the training subset's answers), ``cv`` (the raw answer matrix, -1 for no
             answer), ``original`` (AffectNet's own label), ``true`` (synthetic data).
-            ``mean`` / ``median`` for valence/arousal tasks.
-        va_target: valence/arousal target, ``mean``, ``median``, ``cv`` (NaN for no answer),
-            ``original`` or ``true``; by default derived from ``target``.
+            ``mean`` / ``median`` / ``latent`` for valence/arousal tasks.
+        va_target: valence/arousal target, ``mean``, ``median``, ``latent`` (the latent-truth
+            model, fitted on the training subset's answers like ``ds``), ``cv`` (NaN for no
+            answer), ``original`` or ``true``; by default derived from ``target``.
         image_size: side of the square RGB ``uint8`` images.
         batch_size: the global batch size.
         training: shuffle and augment (augmentation can be switched off with ``augment``).

@@ -3,8 +3,9 @@
 Expression: the majority vote (``mv``, ties broken by the file name), the vote distribution
 (``soft``), Dawid-Skene posteriors (``ds``), the raw answer matrix for crowd layers (``cv``), or
 a single label (``original``: AffectNet's own, ``true``: the truth of synthetic data).
-Valence/arousal: the ``mean`` or ``median`` answer, the answer matrix (``cv``), or a single
-value (``original``, ``true``). Rows without the requested labels are dropped and counted.
+Valence/arousal: the ``mean`` or ``median`` answer, the latent-truth model's estimate
+(``latent``: :class:`crowd_layers.LatentTruthRegression`, each annotator's scale, bias and
+noise), the answer matrix (``cv``), or a single value (``original``, ``true``). Rows without the requested labels are dropped and counted.
 """
 
 import logging
@@ -39,8 +40,8 @@ TASK_HEADS = {
     "all": ("expression", "valence", "arousal"),
 }
 TASKS = tuple(TASK_HEADS)
-TARGETS = ("mv", "soft", "cv", "ds", "original", "true", "mean", "median")
-VA_TARGETS = ("mean", "median", "cv", "original", "true")
+TARGETS = ("mv", "soft", "cv", "ds", "original", "true", "mean", "median", "latent")
+VA_TARGETS = ("mean", "median", "latent", "cv", "original", "true")
 _DEFAULT_VA_TARGET = {
     "mv": "mean",
     "soft": "mean",
@@ -50,8 +51,9 @@ _DEFAULT_VA_TARGET = {
     "true": "true",
     "mean": "mean",
     "median": "median",
+    "latent": "latent",
 }
-_CROWD_TARGETS = ("mv", "soft", "cv", "ds", "mean", "median")
+_CROWD_TARGETS = ("mv", "soft", "cv", "ds", "mean", "median", "latent")
 
 
 def default_va_target(target):
@@ -145,7 +147,7 @@ def _expression_target(table, target, num_classes, dropped, fit_rows, ds_converg
     return _crowd_expression(table, target, num_classes, dropped, fit_rows, ds_convergence)
 
 
-def _va_target(table, dimension, va_target, dropped):
+def _va_target(table, dimension, va_target, dropped, fit_rows=None):
     """``(targets, valid)`` of one of ``valence`` / ``arousal``."""
     if va_target in ("original", "true"):
         key = {"original": f"affectnet_{dimension}", "true": f"true_{dimension}"}[va_target]
@@ -166,10 +168,26 @@ def _va_target(table, dimension, va_target, dropped):
     dropped[f"{dimension}_no_answers"] = int((~valid).sum())
     if va_target == "cv":
         return answers.astype(np.float32), valid
-    reduce = crowd_layers.mean_answer if va_target == "mean" else crowd_layers.median_answer
     values = np.full(len(answers), np.nan, np.float32)
+    if va_target == "latent":
+        values[valid] = _latent_truths(answers, valid, fit_rows, key)
+        return values, valid
+    reduce = crowd_layers.mean_answer if va_target == "mean" else crowd_layers.median_answer
     values[valid] = reduce(answers[valid])
     return values, valid
+
+
+def _latent_truths(answers, valid, fit_rows, key):
+    """The latent-truth model fitted on the ``fit_rows``' answers; every answered row gets its
+    posterior mean (the answers of other rows never move the annotators' parameters)."""
+    fit = valid if fit_rows is None else valid & np.asarray(fit_rows, bool)
+    if not fit.any():
+        raise ValueError(
+            f"The latent-truth target needs answered training rows, and {key} has none."
+        )
+    logger.debug("Fitting the latent-truth model on %d images' %s", int(fit.sum()), key)
+    model = crowd_layers.LatentTruthRegression().fit(answers[fit])
+    return model.predict(answers[valid])
 
 
 def _check_arguments(table, task, target, va_target, num_classes):
@@ -195,7 +213,7 @@ def _check_arguments(table, task, target, va_target, num_classes):
                 f"Target {value!r} needs crowd answers, and this dataset has none (a single "
                 f"label per image): use target='original'. Received: {name}={value!r}"
             )
-    if "expression" in TASK_HEADS[task] and target in ("mean", "median"):
+    if "expression" in TASK_HEADS[task] and target in ("mean", "median", "latent"):
         raise ValueError(f"Target {target!r} is for valence/arousal tasks. Received: task={task!r}")
 
 
@@ -215,6 +233,8 @@ def build_targets(
     so no label depends on a seed. ``target="ds"``: Dawid-Skene is fitted on the answers of
     ``fit_rows`` (a boolean mask; default all rows) until its log-likelihood converges
     (``ds_convergence="crowdkit"`` stops as crowd-kit does), and every row gets its posterior.
+    ``va_target="latent"`` likewise fits :class:`crowd_layers.LatentTruthRegression` on the
+    ``fit_rows`` only.
 
     Returns:
         ``(targets, keep, classes, extras)``: ``targets`` an array or a dict of arrays (one row
@@ -234,7 +254,7 @@ def build_targets(
                 table, target, num_classes, dropped, fit_rows, ds_convergence
             )
         else:
-            targets[head], valid[head] = _va_target(table, head, va_target, dropped)
+            targets[head], valid[head] = _va_target(table, head, va_target, dropped, fit_rows)
     reduce = np.logical_or if task == "all" else np.logical_and
     keep = reduce.reduce(list(valid.values()))
     if task != "all" and len(targets) == 1:
@@ -257,10 +277,14 @@ def crowd_answers(
     config=None,
     subset=None,
     partition=None,
+    head="expression",
 ):
-    """The expression answer matrix ``(N, R)`` (-1: no answer) of the images ``make_dataset``
-    trains on with ``target="cv"``: the same split, subset and class set (with 7 classes,
-    contempt answers are no answers). For aggregators, or to initialise crowd layers.
+    """The answer matrix ``(N, R)`` of the images ``make_dataset`` trains on with
+    ``target="cv"``: the same split, subset and class set (with 7 classes, contempt answers
+    are no answers). For aggregators, or to initialise crowd layers.
+
+    ``head``: ``"expression"`` (integers, -1: no answer), ``"valence"`` or ``"arousal"``
+    (floats, NaN: no answer; the images with an answer of that head).
     """
     opened = open_split(name, split, data_dir=data_dir, manual_dir=manual_dir, config=config)
     table = opened.table
@@ -269,6 +293,11 @@ def crowd_answers(
             f"{opened.builder.info.full_name} has no crowd answers (feature crowd_expression). "
             f"Received: name={opened.name!r}"
         )
-    answers, keep, _, _ = build_targets(table, task="exp", target="cv", num_classes=num_classes)
+    if head not in ("expression", "valence", "arousal"):
+        raise ValueError(f"`head` must be expression, valence or arousal. Received: head={head!r}")
+    task = {"expression": "exp", "valence": "val", "arousal": "aro"}[head]
+    answers, keep, _, _ = build_targets(
+        table, task=task, target="cv", va_target="cv", num_classes=num_classes
+    )
     keep &= subset_mask(table, subset, partition)
     return np.asarray(answers)[keep]

@@ -51,9 +51,14 @@ __all__ = [
 CROWD_LAYERS = crowd_layers.CROWD_METHODS
 #: Layers that hold confusion matrices and so accept ``init_confusions``.
 CONFUSION_CROWD_LAYERS = crowd_layers.CONFUSION_METHODS
-#: Valence/arousal crowd layers: ``gaussian`` (the default: :class:`crowd_layers.CrowdsGaussian`,
-#: scale, bias and noise per annotator) or a :class:`crowd_layers.CrowdsRegression` connection.
-VA_CROWD_LAYERS = ("gaussian", "S", "B", "S+B", "B+S")
+#: Valence/arousal crowd layers: ``latent`` (:class:`crowd_layers.CrowdsLatentTruth`: the
+#: network as the prior of the latent-truth model, each image's answers pooled in its marginal
+#: likelihood), ``gaussian`` (:class:`crowd_layers.CrowdsGaussian`: scale, bias and noise per
+#: annotator, each answer scored on its own) or a :class:`crowd_layers.CrowdsRegression`
+#: connection.
+VA_CROWD_LAYERS = ("latent", "gaussian", "S", "B", "S+B", "B+S")
+#: The valence/arousal crowd layer of the training command by default.
+DEFAULT_VA_CROWD_LAYER = "latent"
 
 BuiltModel = collections.namedtuple(
     "BuiltModel", ["training_model", "prediction_model", "backbone"]
@@ -133,14 +138,27 @@ def _prediction_model(backbone, spec, info, heads, num_classes, dropout, pretrai
     return keras.Model(inputs, _outputs(heads, outputs), name=name)
 
 
-def _crowd_layer(head, num_classes, num_annotators, crowd_layer, va_crowd_layer, init_confusions):
-    """The crowd layer of one head (``crowd_<head>``)."""
+def _crowd_layer(head, num_classes, num_annotators, crowd_layer, va_crowd_layer, starts):
+    """The crowd layer of one head (``crowd_<head>``); ``starts`` holds ``init_confusions``
+    and ``va_crowd_starts``."""
     options = {"dtype": "float32", "name": f"crowd_{head}"}
     if head == "expression":
         layer, _ = crowd_layers.crowd_method(
-            crowd_layer, num_classes, num_annotators, init_confusions, **options
+            crowd_layer, num_classes, num_annotators, starts["init_confusions"], **options
         )
         return layer
+    if va_crowd_layer == "latent":
+        start = (starts["va_crowd_starts"] or {}).get(head)
+        if start is None:
+            return crowd_layers.CrowdsLatentTruth(num_annotators, **options)
+        if len(start.scale_) != num_annotators:
+            raise ValueError(
+                f"The {head} start has {len(start.scale_)} annotators, the dataset "
+                f"{num_annotators}."
+            )
+        return crowd_layers.CrowdsLatentTruth.from_aggregator(
+            start, annotator_weights=start.answer_counts_, **options
+        )
     if va_crowd_layer == "gaussian":
         return crowd_layers.CrowdsGaussian(num_annotators, **options)
     return crowd_layers.CrowdsRegression(num_annotators, conn_type=va_crowd_layer, **options)
@@ -169,12 +187,13 @@ def build_model(
     va_target=None,
     num_annotators=None,
     crowd_layer=crowd_layers.DEFAULT_CROWD_METHOD,
-    va_crowd_layer="gaussian",
+    va_crowd_layer=DEFAULT_VA_CROWD_LAYER,
     weights="imagenet",
     image_size=None,
     dropout=0.2,
     metadata=None,
     init_confusions=None,
+    va_crowd_starts=None,
 ):
     """Builds the training model and the prediction model (sharing weights).
 
@@ -193,9 +212,13 @@ def build_model(
             ``confusion`` (:class:`crowd_layers.CrowdsConfusion`), ``geocrowdnet`` (the same
             layer with GeoCrowdNet's volume regulariser), or ``MW``, ``VW``, ``VB``, ``VW+B``,
             ``SW`` (:class:`crowd_layers.CrowdsClassification`).
-        va_crowd_layer: valence/arousal crowd layer: ``gaussian`` (default,
-            :class:`crowd_layers.CrowdsGaussian`) or a :class:`crowd_layers.CrowdsRegression`
+        va_crowd_layer: valence/arousal crowd layer (:data:`VA_CROWD_LAYERS`): ``latent``
+            (default, :class:`crowd_layers.CrowdsLatentTruth`), ``gaussian``
+            (:class:`crowd_layers.CrowdsGaussian`) or a :class:`crowd_layers.CrowdsRegression`
             connection ``S``, ``B``, ``S+B``, ``B+S``.
+        va_crowd_starts: optional ``{"valence": aggregator, "arousal": aggregator}`` of fitted
+            :class:`crowd_layers.LatentTruthRegression` models that a ``latent`` head starts
+            from (its annotators' scales, biases, noise levels and answer counts).
         init_confusions: optional ``(num_annotators, K, K)`` row-stochastic matrices that a
             confusion crowd layer (:data:`CONFUSION_CROWD_LAYERS`) starts from (e.g.
             Dawid-Skene's ``confusions_``).
@@ -231,21 +254,45 @@ def build_model(
         heads,
         crowd_heads,
         lambda head: _crowd_layer(
-            head, num_classes, num_annotators, crowd_layer, va_crowd_layer, init_confusions
+            head,
+            num_classes,
+            num_annotators,
+            crowd_layer,
+            va_crowd_layer,
+            {"init_confusions": init_confusions, "va_crowd_starts": va_crowd_starts},
         ),
         name=f"{model}_{task}_crowd",
     )
     return BuiltModel(training, prediction, backbone)
 
 
-def crowd_losses(crowd_layer, va_crowd_layer):
-    """The losses that score a crowd head: ``{"expression": ..., "valence": ..., "arousal": ...}``."""
-    va = (
-        crowd_layers.MaskedGaussianLikelihood
-        if va_crowd_layer == "gaussian"
-        else crowd_layers.MaskedMultiMSE
-    )
-    return {"expression": crowd_layers.crowd_loss(crowd_layer), "valence": va(), "arousal": va()}
+def crowd_losses(crowd_layer, va_crowd_layer, training_model=None):
+    """The losses that score a crowd head: ``{"expression": ..., "valence": ..., "arousal": ...}``.
+
+    A ``latent`` head's :class:`crowd_layers.LatentTruthLikelihood` takes its
+    ``mean_gradient_scale`` from the head's layer in ``training_model`` (``crowd_<head>``; its
+    start's default without a model)."""
+    result = {"expression": crowd_layers.crowd_loss(crowd_layer)}
+    for head in ("valence", "arousal"):
+        if va_crowd_layer == "latent":
+            layer = _find_layer(training_model, f"crowd_{head}")
+            if not isinstance(layer, crowd_layers.CrowdsLatentTruth):
+                layer = crowd_layers.CrowdsLatentTruth(1)
+            result[head] = crowd_layers.LatentTruthLikelihood(
+                mean_gradient_scale=layer.mean_gradient_scale()
+            )
+        elif va_crowd_layer == "gaussian":
+            result[head] = crowd_layers.MaskedGaussianLikelihood()
+        else:
+            result[head] = crowd_layers.MaskedMultiMSE()
+    return result
+
+
+def _find_layer(model, name):
+    """The layer ``name`` of ``model`` (None without a model or such a layer)."""
+    if model is None:
+        return None
+    return next((layer for layer in model.layers if layer.name == name), None)
 
 
 def _find_metadata_layer(model):
@@ -285,7 +332,8 @@ def crowd_layer_weights(training_model):
 
     ``<head>_confusions`` ``(R, K, K)`` for expression (from ``confusion_matrices()``),
     ``<head>_scale`` / ``<head>_bias`` ``(R,)`` for valence and arousal, and
-    ``<head>_noise`` ``(R,)`` (each annotator's standard deviation) for the ``gaussian`` layer.
+    ``<head>_noise`` ``(R,)`` (each annotator's standard deviation) for the ``gaussian`` and
+    ``latent`` layers, and ``<head>_prior_std`` (the network's residual spread) for ``latent``.
     """
     confusion_layers = (
         crowd_layers.CrowdsConfusion,
@@ -297,6 +345,9 @@ def crowd_layer_weights(training_model):
         head = layer.name.removeprefix("crowd_")
         if isinstance(layer, confusion_layers):
             result[f"{head}_confusions"] = np.asarray(layer.confusion_matrices())
+        elif isinstance(layer, crowd_layers.CrowdsLatentTruth):
+            for name, value in layer.annotator_parameters().items():
+                result[f"{head}_{name}"] = np.asarray(value)
         elif isinstance(layer, crowd_layers.CrowdsGaussian):
             result[f"{head}_noise"] = layer.noise_levels()
             for name in ("scale", "bias"):

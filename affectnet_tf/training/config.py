@@ -30,7 +30,7 @@ import yaml
 import crowd_layers
 from affectnet_tf.data.pipeline import SUBSETS, TARGETS, TASKS, VA_TARGETS, Partition
 from affectnet_tf.modeling.backbones import BACKBONES
-from affectnet_tf.modeling.models import CROWD_LAYERS, VA_CROWD_LAYERS
+from affectnet_tf.modeling.models import CROWD_LAYERS, DEFAULT_VA_CROWD_LAYER, VA_CROWD_LAYERS
 from affectnet_tf.progress import add_verbosity_flags
 
 __all__ = [
@@ -154,9 +154,11 @@ class RunConfig:
     )
     va_crowd_layer: str = _setting(
         "Crowd",
-        "gaussian",
-        "valence/arousal crowd layer for --target cv or --va-target cv: gaussian (scale, "
-        "bias and noise per annotator) or a reference connection",
+        DEFAULT_VA_CROWD_LAYER,
+        "valence/arousal crowd layer for --target cv or --va-target cv: latent (the network "
+        "as the prior of the latent-truth model, each image's answers pooled; started from "
+        "that model fitted on the training answers), gaussian (scale, bias and noise per "
+        "annotator, each answer on its own) or a reference connection",
         VA_CROWD_LAYERS,
     )
     # Optimization
@@ -238,7 +240,7 @@ class RunConfig:
 
     def _check_targets(self):
         """Each head's target decides whether it gets a crowd layer; reject what cannot train."""
-        if self.target in ("mean", "median") and self.task in ("exp", "all"):
+        if self.target in ("mean", "median", "latent") and self.task in ("exp", "all"):
             raise ValueError(
                 f"--target {self.target} is a valence/arousal target; for --task {self.task} "
                 "choose an expression target (mv, soft, ds, cv, original, true) and set "

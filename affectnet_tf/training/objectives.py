@@ -1,5 +1,6 @@
-"""What each head of a run learns against: its loss (from the head's target), and the start of
-a confusion crowd layer (``--crowd-init``).
+"""What each head of a run learns against: its loss (from the head's target), the start of
+a confusion crowd layer (``--crowd-init``), and that of a valence/arousal ``latent`` crowd
+layer (the latent-truth model fitted on the training answers).
 
 For example:
 
@@ -17,15 +18,18 @@ from affectnet_tf.data import pipeline as data
 from affectnet_tf.modeling import losses as losses_module
 from affectnet_tf.modeling import models
 
-__all__ = ["head_losses", "initial_confusions"]
+__all__ = ["head_losses", "initial_confusions", "initial_va_crowds"]
 
 
-def head_losses(config, heads, info=None):
+def head_losses(config, heads, info=None, training_model=None):
     """Per-head Keras losses, each from its head's own target (masked where a label can be
     missing). ``info`` (the training data's :class:`affectnet_tf.DatasetInfo`) is needed for
-    ``class_weights``."""
+    ``class_weights``; ``training_model`` gives a ``latent`` crowd head's loss its gradient
+    scale (:func:`affectnet_tf.modeling.models.crowd_losses`)."""
     targets = config.head_targets
-    crowd_losses = models.crowd_losses(config.crowd_layer, config.va_crowd_layer)
+    crowd_losses = models.crowd_losses(
+        config.crowd_layer, config.va_crowd_layer, training_model=training_model
+    )
     weights = None
     if config.class_weights:
         weights = [info.class_weights[k] for k in range(config.num_classes)]
@@ -46,6 +50,33 @@ def head_losses(config, heads, info=None):
     return result
 
 
+def _train_answers(config, roles, head):
+    """The answer matrix of the run's training images for ``head``."""
+    return data.crowd_answers(
+        roles.dataset_name,
+        roles.train.split,
+        num_classes=config.num_classes,
+        data_dir=config.data_dir,
+        manual_dir=config.manual_dir,
+        config=roles.builder_config,
+        subset=roles.train.subset,
+        partition=roles.partition_of(roles.train, config.partition),
+        head=head,
+    )
+
+
+def initial_va_crowds(config, roles):
+    """Starts of ``latent`` valence/arousal crowd heads: ``{head: LatentTruthRegression}``
+    fitted on the training images' answers only (None without such a head)."""
+    heads = [h for h in ("valence", "arousal") if h in config.crowd_heads]
+    if config.va_crowd_layer != "latent" or not heads:
+        return None
+    return {
+        head: crowd_layers.LatentTruthRegression().fit(_train_answers(config, roles, head))
+        for head in heads
+    }
+
+
 def initial_confusions(config, roles):
     """Start of a confusion crowd layer: ``--crowd-init ds`` from Dawid-Skene's confusion
     matrices of the training answers (one pseudo-answer per cell keeps every logit finite),
@@ -59,16 +90,7 @@ def initial_confusions(config, roles):
             f"({', '.join(models.CONFUSION_CROWD_LAYERS)}) only. "
             f"Received: crowd_layer={config.crowd_layer!r}"
         )
-    answers = data.crowd_answers(
-        roles.dataset_name,
-        roles.train.split,
-        num_classes=config.num_classes,
-        data_dir=config.data_dir,
-        manual_dir=config.manual_dir,
-        config=roles.builder_config,
-        subset=roles.train.subset,
-        partition=roles.partition_of(roles.train, config.partition),
-    )
+    answers = _train_answers(config, roles, "expression")
     if config.crowd_init == "mv":
         return crowd_layers.majority_vote_confusions(answers, num_classes=config.num_classes)
     aggregator = crowd_layers.DawidSkene(num_classes=config.num_classes, smoothing=1.0)

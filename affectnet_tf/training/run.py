@@ -51,7 +51,7 @@ from affectnet_tf.training import fit_loop, folds, worker_loop
 from affectnet_tf.training.config import RunConfig, data_roles
 from affectnet_tf.training.datasets import RunDatasets, log_data_summary
 from affectnet_tf.training.distribute import is_chief, make_strategy
-from affectnet_tf.training.objectives import head_losses, initial_confusions
+from affectnet_tf.training.objectives import head_losses, initial_confusions, initial_va_crowds
 from affectnet_tf.training.run_folder import prepare_run_folder, write_run_config
 
 __all__ = ["PreparedRun", "prepare_run", "train", "cross_validate"]
@@ -169,7 +169,7 @@ def prepare_run(config):
         folder=folder,
         datasets=datasets,
         built=built,
-        losses=head_losses(config, heads, datasets.train_info),
+        losses=head_losses(config, heads, datasets.train_info, built.training_model),
         record=datasets.record(),
     )
     os.makedirs(folder.work_dir, exist_ok=True)
@@ -199,6 +199,7 @@ def _build_model(config, roles, info):
             "training_examples": info.num_examples,
         },
         init_confusions=initial_confusions(config, roles),
+        va_crowd_starts=initial_va_crowds(config, roles),
     )
 
 

@@ -4,6 +4,7 @@ One module per method, as crowd-kit's ``aggregation/classification/``:
 :mod:`~crowd_layers.aggregation.voting` (majority vote, vote distribution, confusions against
 the votes), :mod:`~crowd_layers.aggregation.dawid_skene`,
 :mod:`~crowd_layers.aggregation.continuous` (mean and median of valence and arousal answers),
+:mod:`~crowd_layers.aggregation.latent_truth` (each annotator's scale, bias and noise by EM),
 :mod:`~crowd_layers.aggregation.agreement` (Fleiss' kappa, Krippendorff's alpha), and
 :mod:`~crowd_layers.aggregation.answers` (the answer layouts they share). Every public name is
 importable from here.
@@ -25,6 +26,7 @@ from crowd_layers.aggregation.agreement import fleiss_kappa, krippendorff_alpha
 from crowd_layers.aggregation.answers import quiet_aggregation
 from crowd_layers.aggregation.continuous import mean_answer, median_answer
 from crowd_layers.aggregation.dawid_skene import DawidSkene
+from crowd_layers.aggregation.latent_truth import LatentTruthRegression
 from crowd_layers.aggregation.voting import (
     majority_vote,
     majority_vote_confusions,
@@ -33,6 +35,7 @@ from crowd_layers.aggregation.voting import (
 
 __all__ = [
     "DawidSkene",
+    "LatentTruthRegression",
     "quiet_aggregation",
     "majority_vote",
     "vote_distribution",
