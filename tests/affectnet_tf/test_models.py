@@ -71,7 +71,8 @@ def test_heads(task, outputs):
 
 @pytest.mark.parametrize(
     "crowd_layer, va_crowd_layer",
-    [(layer, "gaussian") for layer in models.CROWD_LAYERS] + [("pooled", "S+B")],
+    [(layer, "latent") for layer in models.CROWD_LAYERS]
+    + [("pooled", "S+B"), ("pooled", "gaussian")],
 )
 def test_crowd_heads_share_weights_with_the_prediction_model(crowd_layer, va_crowd_layer):
     built = models.build_model(
@@ -87,26 +88,30 @@ def test_crowd_heads_share_weights_with_the_prediction_model(crowd_layer, va_cro
     crowd = built.training_model(_images())
     pooled = crowd_layer == "pooled"
     assert tuple(crowd["expression"].shape) == ((2, 8, 8, 5) if pooled else (2, 8, 5))
-    gaussian = va_crowd_layer == "gaussian"
-    assert tuple(crowd["valence"].shape) == ((2, 2, 5) if gaussian else (2, 5))
+    rows = {"gaussian": 2, "latent": 4}.get(va_crowd_layer)
+    assert tuple(crowd["valence"].shape) == ((2, rows, 5) if rows else (2, 5))
     prediction_weights = {id(v) for v in built.prediction_model.weights}
     assert prediction_weights <= {id(v) for v in built.training_model.weights}
     annotators = models.crowd_layer_weights(built.training_model)
     assert annotators["expression_confusions"].shape == (5, 8, 8)
     assert annotators["arousal_scale"].shape == (5,)
-    assert ("arousal_noise" in annotators) == gaussian
+    assert ("arousal_noise" in annotators) == bool(rows)
+    assert ("arousal_prior_std" in annotators) == (va_crowd_layer == "latent")
     layer = built.training_model.get_layer("crowd_expression")
     if crowd_layer == "geocrowdnet":
         assert layer.volume_weight == crowd_layers.GEOCROWDNET_WEIGHT and layer.trace_weight == 0
-    losses = models.crowd_losses(crowd_layer, va_crowd_layer)
+    losses = models.crowd_losses(crowd_layer, va_crowd_layer, built.training_model)
     expected = (
         crowd_layers.PooledCrowdLikelihood if pooled else crowd_layers.MaskedMultiCrossEntropy
     )
     assert isinstance(losses["expression"], expected)
-    assert isinstance(
-        losses["valence"],
-        crowd_layers.MaskedGaussianLikelihood if gaussian else crowd_layers.MaskedMultiMSE,
-    )
+    expected_va = {
+        "gaussian": crowd_layers.MaskedGaussianLikelihood,
+        "latent": crowd_layers.LatentTruthLikelihood,
+    }.get(va_crowd_layer, crowd_layers.MaskedMultiMSE)
+    assert isinstance(losses["valence"], expected_va)
+    if va_crowd_layer == "latent":  # the layer's default start, tau 0.3
+        assert losses["valence"].mean_gradient_scale == pytest.approx(2 * 0.3**2)
 
 
 def test_init_confusions_start_every_confusion_layer_and_no_other():
@@ -325,3 +330,40 @@ def test_offline_imagenet_weights_error(monkeypatch, tmp_path):
 def test_missing_weights_file():
     with pytest.raises(ValueError, match="existing weights file"):
         models.build_model("compact_cnn", weights="/nonexistent/w.h5", image_size=IMAGE)
+
+
+def test_latent_va_heads_start_from_the_aggregator():
+    rng = np.random.default_rng(0)
+    answers = rng.uniform(-1, 1, (40, 5)) + np.array([0.2, 0.0, -0.1, 0.0, 0.3])
+    answers[rng.random((40, 5)) < 0.3] = np.nan
+    start = crowd_layers.LatentTruthRegression().fit(answers)
+    built = models.build_model(
+        "compact_cnn",
+        task="va",
+        target="mv",
+        va_target="cv",
+        num_annotators=5,
+        weights=None,
+        image_size=IMAGE,
+        va_crowd_starts={"valence": start},
+    )
+    valence = built.training_model.get_layer("crowd_valence")
+    arousal = built.training_model.get_layer("crowd_arousal")
+    params = valence.annotator_parameters()
+    np.testing.assert_allclose(params["scale"], start.scale_, rtol=1e-5)
+    np.testing.assert_allclose(params["bias"], start.bias_, atol=1e-6)
+    np.testing.assert_allclose(params["prior_std"], start.prior_std_, rtol=1e-5)
+    assert arousal.annotator_parameters()["prior_std"] == pytest.approx(0.3)  # no start given
+    losses = models.crowd_losses("pooled", "latent", built.training_model)
+    assert losses["valence"].mean_gradient_scale == pytest.approx(2 * start.prior_std_**2)
+    with pytest.raises(ValueError, match="start has 5 annotators, the dataset 6"):
+        models.build_model(
+            "compact_cnn",
+            task="val",
+            target="mv",
+            va_target="cv",
+            num_annotators=6,
+            weights=None,
+            image_size=IMAGE,
+            va_crowd_starts={"valence": start},
+        )

@@ -197,6 +197,47 @@ def test_dawid_skene_targets_are_fitted_on_the_training_rows_only():
     assert not np.allclose(crowdkit, targets)
 
 
+def test_latent_va_targets_are_fitted_on_the_training_rows_only():
+    import crowd_layers
+
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(-0.8, 0.8, 80)
+    bias = np.array([0.3, -0.2, 0.0, 0.1, -0.1])
+    answers = np.clip(truth[:, None] + bias + 0.1 * rng.standard_normal((80, 5)), -1, 1)
+    answers[rng.random((80, 5)) < 0.3] = np.nan
+    answers[5] = np.nan  # no answer: dropped, counted
+    answers[6, 0] = -2.0  # not a value
+    table = {
+        "file_name": np.array([f"{i}.jpg".encode() for i in range(80)]),
+        "crowd_expression": np.zeros((80, 5), np.int64),
+        "crowd_valence": answers.astype(np.float32),
+    }
+    fit_rows = np.arange(80) < 60
+    targets, keep, _, extras = build_targets(table, task="val", target="latent", fit_rows=fit_rows)
+    assert not keep[5] and np.isnan(targets[5]) and extras["dropped"]["valence_no_answers"] == 1
+    clean = answers.astype(np.float32).copy()
+    clean[6, 0] = np.nan
+    fit = fit_rows & keep
+    model = crowd_layers.LatentTruthRegression(truth_prior=False).fit(clean[fit])
+    expected = np.clip(model.predict(clean[keep]), -1, 1)
+    np.testing.assert_allclose(targets[keep], expected, rtol=1e-5, atol=1e-6)
+    assert np.nanmax(np.abs(targets)) <= 1.0
+    # closer to the truth than the mean answer, which keeps every annotator's bias
+    mean, _, _, _ = build_targets(table, task="val", target="mean")
+    assert np.abs(targets[keep] - truth[keep]).mean() < np.abs(mean[keep] - truth[keep]).mean()
+    changed = answers.copy()
+    changed[~fit_rows] = -changed[~fit_rows]
+    other, _, _, _ = build_targets(
+        {**table, "crowd_valence": changed.astype(np.float32)},
+        task="val",
+        target="latent",
+        fit_rows=fit_rows,
+    )
+    np.testing.assert_allclose(other[fit_rows], targets[fit_rows])
+    with pytest.raises(ValueError, match="'latent' is for valence/arousal tasks"):
+        build_targets(table, task="all", target="latent")
+
+
 def test_default_va_target_follows_the_expression_target():
     from affectnet_tf.data import targets
 

@@ -51,6 +51,8 @@ ROOT = Path(__file__).resolve().parents[2]
         ("affectnet_c25/set1", "all", "cv", {}),
         ("affectnet_c25/set1", "all", "mv", {"va_target": "cv"}),
         ("affectnet_c25/set1", "all", "cv", {"va_target": "mean"}),
+        ("affectnet_c25/set1", "all", "ds", {"va_target": "latent"}),
+        ("affectnet_c25/set1", "va", "cv", {"va_crowd_layer": "gaussian"}),
         ("affectnet_c25/set1", "exp", "original", {"schedule": "constant"}),
         ("affectnet", "exp", "original", {}),
         ("affectnet", "va", "original", {}),
@@ -95,7 +97,9 @@ def test_every_target_and_task(tiny_config, dataset, task, target, extra):
             assert annotators["expression_confusions"].shape[0] == 25
         if "valence" in crowd_heads:
             assert annotators["valence_bias"].shape == (25,)
-            assert annotators["valence_noise"].shape == (25,)  # the default gaussian layer
+            assert annotators["valence_noise"].shape == (25,)
+            if "va_crowd_layer" not in extra:  # the default latent layer
+                assert np.isfinite(annotators["valence_prior_std"])
         if "expression" in crowd_heads and not extra:  # the default crowd layer
             crowd_model = keras.models.load_model(run / "crowd_model.keras")
             layer = crowd_model.get_layer("crowd_expression")
