@@ -216,9 +216,8 @@ def build_model(
             (default, :class:`crowd_layers.CrowdsLatentTruth`), ``gaussian``
             (:class:`crowd_layers.CrowdsGaussian`) or a :class:`crowd_layers.CrowdsRegression`
             connection ``S``, ``B``, ``S+B``, ``B+S``.
-        va_crowd_starts: optional ``{"valence": aggregator, "arousal": aggregator}`` of fitted
-            :class:`crowd_layers.LatentTruthRegression` models that a ``latent`` head starts
-            from (its annotators' scales, biases, noise levels and answer counts).
+        va_crowd_starts: optional ``{head: fitted crowd_layers.LatentTruthRegression}``
+            that a ``latent`` head starts from (scales, biases, noise, answer counts).
         init_confusions: optional ``(num_annotators, K, K)`` row-stochastic matrices that a
             confusion crowd layer (:data:`CONFUSION_CROWD_LAYERS`) starts from (e.g.
             Dawid-Skene's ``confusions_``).
@@ -249,18 +248,13 @@ def build_model(
     )
     if not crowd_heads:
         return BuiltModel(prediction, prediction, backbone)
+    starts = {"init_confusions": init_confusions, "va_crowd_starts": va_crowd_starts}
+    layers = (num_classes, num_annotators, crowd_layer, va_crowd_layer, starts)
     training = _crowd_training_model(
         prediction,
         heads,
         crowd_heads,
-        lambda head: _crowd_layer(
-            head,
-            num_classes,
-            num_annotators,
-            crowd_layer,
-            va_crowd_layer,
-            {"init_confusions": init_confusions, "va_crowd_starts": va_crowd_starts},
-        ),
+        lambda head: _crowd_layer(head, *layers),
         name=f"{model}_{task}_crowd",
     )
     return BuiltModel(training, prediction, backbone)
