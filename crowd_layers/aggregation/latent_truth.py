@@ -92,13 +92,7 @@ class LatentTruthRegression:
         answered = observed.any(axis=1)
         if not answered.any():
             raise ValueError("`answers` has no answer at all: nothing to fit.")
-        if (~answered).any():
-            warnings.warn(
-                f"LatentTruthRegression: {int((~answered).sum())} of {len(answered)} items have "
-                "no answer; their truth_ is NaN.",
-                UserWarning,
-                stacklevel=2,
-            )
+        _warn_unanswered(answered, "their truth_ is NaN", stacklevel=3)
         fit_values, fit_observed = values[answered], observed[answered]
         state = self._start(fit_values, fit_observed)
         previous = state["mean"]
@@ -172,7 +166,7 @@ class LatentTruthRegression:
         sum_y = y.sum(axis=0)
         sum_yt = y.T @ m
         sum_y2 = (y**2).sum(axis=0)
-        spread = self._truth_spread(state)
+        spread = state["tau2"]  # the truths' spread: the unit of the scale prior's pseudo-answers
         # normal equations of (s, b) with the priors' pseudo-answers
         a11, a12, a22 = sum_t2 + k * spread, sum_t, n + k
         r1, r2 = sum_yt + k * spread, sum_y
@@ -209,10 +203,6 @@ class LatentTruthRegression:
         mean, var = _truth_posterior(values, observed, state, self.truth_prior)
         return dict(state, mean=mean, var=var)
 
-    def _truth_spread(self, state):
-        """Spread of the truths, the unit of the scale prior's pseudo-answers."""
-        return state["tau2"]
-
     def _log_likelihood(self, values, observed):
         """Marginal log-likelihood per answer (with the truths' prior; without it, at the
         fitted truths)."""
@@ -236,13 +226,7 @@ class LatentTruthRegression:
                 f"Received: answers.shape={values.shape}"
             )
         answered = observed.any(axis=1)
-        if (~answered).any():
-            warnings.warn(
-                f"LatentTruthRegression: {int((~answered).sum())} of {len(answered)} items have "
-                "no answer; their value is NaN.",
-                UserWarning,
-                stacklevel=3,
-            )
+        _warn_unanswered(answered, "their value is NaN", stacklevel=4)
         state = {
             "scale": self.scale_,
             "bias": self.bias_,
@@ -253,6 +237,17 @@ class LatentTruthRegression:
         mean, var = _truth_posterior(values, observed, state, self.truth_prior)
         mean[~answered], var[~answered] = np.nan, np.nan
         return mean, np.sqrt(var)
+
+
+def _warn_unanswered(answered, consequence, stacklevel):
+    """A ``UserWarning`` counting the items without answers, if any."""
+    if not answered.all():
+        warnings.warn(
+            f"LatentTruthRegression: {int((~answered).sum())} of {len(answered)} items have "
+            f"no answer; {consequence}.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def _prepare(answers):
