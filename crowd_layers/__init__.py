@@ -7,7 +7,9 @@ noise (:class:`CrowdsLatentTruth`, :class:`LatentTruthLikelihood`). Beside it: a
 re-implementation of Rodrigues & Pereira, "Deep Learning from Crowds", AAAI 2018 (reference
 code: github.com/fmpr/CrowdLayer), with the reference's public names, a confusion-matrix layer
 with the trace regulariser of Tanno et al. (CVPR 2019) or GeoCrowdNet's volume regulariser
-(Ibrahim et al., ICLR 2023), masked losses, and the label aggregators that serve as baselines
+(Ibrahim et al., ICLR 2023), CoNAL's common and individual confusions (:class:`CrowdsCoNAL`,
+Chu et al., AAAI 2021), Annot-Mix's mixup over (item, annotator, answer) triples
+(:func:`annot_mix_model`, :class:`AnnotMixBatches`, Herde et al., ECAI 2024), masked losses, and the label aggregators that serve as baselines
 (majority vote, Dawid-Skene, agreement, and for valence and arousal the mean, the median and
 the latent-truth model :class:`LatentTruthRegression`).
 
@@ -29,6 +31,16 @@ from crowd_layers.aggregation import (
     quiet_aggregation,
     vote_distribution,
 )
+from crowd_layers.annot_mix import (
+    AnnotatorPerformance,
+    AnnotMixBatches,
+    AnnotMixCrossEntropy,
+    annot_mix_batch,
+    annot_mix_cross_entropy,
+    annot_mix_model,
+    observed_triples,
+)
+from crowd_layers.conal import CONAL_MIXTURES, ConfusionDifferenceRegularizer, CrowdsCoNAL
 from crowd_layers.confusions import ConfusionTraceRegularizer, ConfusionVolumeRegularizer
 from crowd_layers.latent_truth import CrowdsLatentTruth, LatentTruthLikelihood, latent_truth_nll
 from crowd_layers.layers import CrowdsClassification, CrowdsConfusion, CrowdsRegression
@@ -76,6 +88,16 @@ __all__ = [
     "MaskedGaussianLikelihood",
     "masked_gaussian_nll",
     "ConfusionVolumeRegularizer",
+    "CrowdsCoNAL",
+    "ConfusionDifferenceRegularizer",
+    "CONAL_MIXTURES",
+    "AnnotatorPerformance",
+    "AnnotMixBatches",
+    "AnnotMixCrossEntropy",
+    "annot_mix_batch",
+    "annot_mix_cross_entropy",
+    "annot_mix_model",
+    "observed_triples",
     "majority_vote_confusions",
     "CrowdsClassification",
     "CrowdsConfusion",
