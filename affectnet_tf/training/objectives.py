@@ -67,12 +67,15 @@ def _train_answers(config, roles, head):
 
 def initial_va_crowds(config, roles):
     """Starts of ``latent`` valence/arousal crowd heads: ``{head: LatentTruthRegression}``
-    fitted on the training images' answers only (None without such a head)."""
+    fitted on the training images' answers only (None without such a head); with the truths'
+    prior, whose spread is the head's start of ``tau`` (the start the demo runs measured)."""
     heads = [h for h in ("valence", "arousal") if h in config.crowd_heads]
     if config.va_crowd_layer != "latent" or not heads:
         return None
     return {
-        head: crowd_layers.LatentTruthRegression().fit(_train_answers(config, roles, head))
+        head: crowd_layers.LatentTruthRegression(truth_prior=True).fit(
+            _train_answers(config, roles, head)
+        )
         for head in heads
     }
 

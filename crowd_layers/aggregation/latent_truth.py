@@ -42,10 +42,13 @@ class LatentTruthRegression:
     annotators' scales, weighted by their numbers of answers, is 1 and that of their biases 0
     (the mean answer's own scale, so the two can be compared and swapped as targets).
 
-    ``truth_prior=False`` drops the prior of the truths (``tau -> inf``): each item's value is
-    then its annotators' precision-weighted, bias- and scale-corrected mean, not shrunk toward
-    ``mu`` (items whose answers all come from one annotator are not pulled toward the crowd's
-    mean).
+    Without ``truth_prior`` (the default) the truths have no prior (``tau -> inf``): each item's
+    value is its annotators' precision-weighted, bias- and scale-corrected mean, not shrunk
+    toward ``mu``. ``truth_prior=True`` adds the Gaussian prior ``N(mu, tau^2)`` of the truths,
+    fitted too, which pulls items with few or noisy answers toward the crowd's mean. On the real
+    AffectNetC25 answers (``benchmarks/bench_c25_halves.py``: one half of the annotators
+    aggregated, scored against the other half's mean) the default beats the plain mean on
+    valence and arousal of both sets; the shrinkage loses a little to it on three of the four.
 
     Items without any answer get ``truth_ = NaN``, counted by a ``UserWarning``.
 
@@ -53,8 +56,8 @@ class LatentTruthRegression:
         max_iter: Most EM iterations.
         tol: Stop when no item's truth moves by more than ``tol``.
         prior_answers: Pseudo-answers of each annotator's priors (``k`` above, ``>= 0``).
-        truth_prior: Fit the Gaussian prior ``N(mu, tau^2)`` of the truths (default) or use
-            none.
+        truth_prior: Fit a Gaussian prior ``N(mu, tau^2)`` of the truths (default ``False``:
+            none).
         min_noise: Floor of every ``sigma_r`` (``> 0``).
 
     Attributes:
@@ -75,7 +78,9 @@ class LatentTruthRegression:
         ((3,), (3,))
     """
 
-    def __init__(self, max_iter=200, tol=1e-6, prior_answers=5.0, truth_prior=True, min_noise=1e-3):
+    def __init__(
+        self, max_iter=200, tol=1e-6, prior_answers=5.0, truth_prior=False, min_noise=1e-3
+    ):
         if int(max_iter) < 1:
             raise ValueError(f"`max_iter` must be at least 1. Received: max_iter={max_iter!r}")
         self.max_iter = int(max_iter)

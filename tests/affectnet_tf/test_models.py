@@ -336,7 +336,7 @@ def test_latent_va_heads_start_from_the_aggregator():
     rng = np.random.default_rng(0)
     answers = rng.uniform(-1, 1, (40, 5)) + np.array([0.2, 0.0, -0.1, 0.0, 0.3])
     answers[rng.random((40, 5)) < 0.3] = np.nan
-    start = crowd_layers.LatentTruthRegression().fit(answers)
+    start = crowd_layers.LatentTruthRegression(truth_prior=True).fit(answers)
     built = models.build_model(
         "compact_cnn",
         task="va",

@@ -116,7 +116,7 @@ def test_one_answer_items_silent_annotators_and_unanswered_items():
     answers[25] = np.nan  # an item nobody answered
     answers[26, 3] = 999999999  # the reference code's sentinel is no answer too
     with pytest.warns(UserWarning, match="1 of 200 items have no answer"):
-        model = LatentTruthRegression().fit(answers)
+        model = LatentTruthRegression(truth_prior=True).fit(answers)
     assert np.isnan(model.truth_[25]) and np.isnan(model.truth_std_[25])
     assert np.all(np.isfinite(np.delete(model.truth_, 25)))
     assert model.scale_[9] == 1.0 and model.bias_[9] == 0.0 and np.isfinite(model.noise_[9])
@@ -125,7 +125,7 @@ def test_one_answer_items_silent_annotators_and_unanswered_items():
     corrected = (0.5 - model.bias_[0]) / model.scale_[0]
     low, high = sorted([corrected, model.prior_mean_])
     assert np.all((model.truth_[:20] >= low - 1e-9) & (model.truth_[:20] <= high + 1e-9))
-    flat = LatentTruthRegression(truth_prior=False).fit(answers[np.arange(200) != 25])
+    flat = LatentTruthRegression().fit(answers[np.arange(200) != 25])  # no prior: the default
     assert_allclose(flat.truth_[:20], (0.5 - flat.bias_[0]) / flat.scale_[0])
     assert flat.prior_std_ == float("inf")
 
@@ -280,7 +280,7 @@ def test_head_keeps_the_truth_on_the_average_answers_scale():
 
 def test_head_starts_from_the_aggregator():
     answers = _crowd(n=200, r=8, per=4, seed=5)[0]
-    model = LatentTruthRegression().fit(answers)
+    model = LatentTruthRegression(truth_prior=True).fit(answers)
     layer = CrowdsLatentTruth.from_aggregator(
         model, annotator_weights=model.answer_counts_, learning_rate_multiplier=10.0
     )
