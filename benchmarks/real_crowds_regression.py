@@ -20,7 +20,13 @@ mapped back before they are scored, so every figure is on the data's own scale. 
   with :class:`crowd_layers.LatentTruthLikelihood`), ``gaussian``
   (:class:`crowd_layers.CrowdsGaussian` with :class:`crowd_layers.MaskedGaussianLikelihood`)
   and ``S+B`` (:class:`crowd_layers.CrowdsRegression` ``conn_type="S+B"`` with
-  :class:`crowd_layers.MaskedMultiMSE`).
+  :class:`crowd_layers.MaskedMultiMSE`); and two ablations that say what makes ``latent``
+  better than ``gaussian``: ``latent_cold`` (the same head at its constructor's start: every
+  annotator at scale 1, bias 0, noise 0.3, ``tau`` 0.3; not from the aggregator) and
+  ``gaussian_raw`` (``gaussian`` with the plain likelihood's gradient,
+  ``normalize_precision=False``). ``latent`` against ``gaussian_raw``: one model of the item's
+  truth that all its answers share against an independent likelihood per answer;
+  ``gaussian_raw`` against ``gaussian``: the precision normalisation.
 
 Scores: Pearson r and the concordance correlation coefficient (CCC, Lin 1989) of the test
 predictions against the test truth, mean and s.d. over the seeds. The aggregators (mean, median,
@@ -40,6 +46,7 @@ from crowd_layers.checks import check_float_answers
 __all__ = [
     "METHODS",
     "TARGET_METHODS",
+    "HEAD_METHODS",
     "DEFAULT_METHOD",
     "AGGREGATORS",
     "read_float_answers",
@@ -52,7 +59,9 @@ __all__ = [
 ]
 
 TARGET_METHODS = ("truth", "mean", "median", "latent_target")
-METHODS = (*TARGET_METHODS, "latent", "gaussian", "S+B")
+#: Crowd heads: the default, then ablations of it and of the former default ``gaussian``.
+HEAD_METHODS = ("latent", "latent_cold", "gaussian", "gaussian_raw", "S+B")
+METHODS = (*TARGET_METHODS, *HEAD_METHODS)
 DEFAULT_METHOD = "latent"
 #: The aggregators scored against the training truth, with their row names.
 AGGREGATORS = {
@@ -168,11 +177,20 @@ def crowd_head(method, answers, latent_model):
         return layer, crowd_layers.LatentTruthLikelihood(
             mean_gradient_scale=layer.mean_gradient_scale()
         )
+    if method == "latent_cold":
+        layer = crowd_layers.CrowdsLatentTruth(r)
+        return layer, crowd_layers.LatentTruthLikelihood(
+            mean_gradient_scale=layer.mean_gradient_scale()
+        )
     if method == "gaussian":
         return crowd_layers.CrowdsGaussian(r), crowd_layers.MaskedGaussianLikelihood()
+    if method == "gaussian_raw":
+        return crowd_layers.CrowdsGaussian(r), crowd_layers.MaskedGaussianLikelihood(
+            normalize_precision=False
+        )
     if method == "S+B":
         return crowd_layers.CrowdsRegression(r, conn_type="S+B"), crowd_layers.MaskedMultiMSE()
-    raise ValueError(f"`method` must be one of {METHODS[4:]}. Received: method={method!r}")
+    raise ValueError(f"`method` must be one of {HEAD_METHODS}. Received: method={method!r}")
 
 
 def training_targets(data):

@@ -295,7 +295,10 @@ def test_real_crowds_regression_mode_end_to_end(bench_real_crowds, tmp_path, cap
     stdout = capsys.readouterr().out
     assert "48 training items, 6 annotators, regression" in stdout
     methods = bench_real_crowds.regression.METHODS
-    assert methods == ("truth", "mean", "median", "latent_target", "latent", "gaussian", "S+B")
+    assert methods == (
+        "truth", "mean", "median", "latent_target",
+        "latent", "latent_cold", "gaussian", "gaussian_raw", "S+B",
+    )  # fmt: skip
     number = r"(-?\d+\.\d{4}) ± (\d+\.\d{4})"
     for method in methods:
         row = re.search(rf"^{re.escape(method)}\s+{number}\s+{number}", stdout, flags=re.M)
