@@ -1,6 +1,7 @@
 """TFDS builders of AffectNet and AffectNetC25.
 
-Importing the package registers the builders ``affectnet``, ``affectnet_c25`` and
+Importing the package registers the builders ``affectnet``, ``affectnet_c25``,
+``crowd_images`` (a user's folder of images and crowd answers: docs/crowd-images.md),
 ``synthetic_faces`` (drawn faces with a simulated crowd, built locally: no download), and the
 video builders ``afew`` and ``vgaf`` (MTCNN face crops per frame, manual download):
 
@@ -21,6 +22,8 @@ from tfds_affectnet.affectnet import AffectNetConfig
 from tfds_affectnet.affectnet import Builder as AffectNet
 from tfds_affectnet.affectnet_c25 import AffectNetC25Config
 from tfds_affectnet.affectnet_c25 import Builder as AffectNetC25
+from tfds_affectnet.crowd_images import Builder as CrowdImages
+from tfds_affectnet.crowd_images import CrowdImagesConfig
 from tfds_affectnet.synthetic_faces import Builder as SyntheticFaces
 from tfds_affectnet.synthetic_faces import SyntheticFacesConfig
 from tfds_affectnet.vgaf import Builder as Vgaf
@@ -32,6 +35,8 @@ __all__ = [
     "AffectNetConfig",
     "AffectNetC25",
     "AffectNetC25Config",
+    "CrowdImages",
+    "CrowdImagesConfig",
     "SyntheticFaces",
     "SyntheticFacesConfig",
     "Afew",

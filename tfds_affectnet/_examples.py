@@ -21,6 +21,7 @@ __all__ = [
     "parse_va",
     "exclusion_reason",
     "read_bytes",
+    "decode_file",
     "AffectNetRowProcessor",
     "C25RowProcessor",
     "crowd_features",
@@ -118,7 +119,7 @@ def _nan_landmarks():
     return np.full((sources.NUM_LANDMARKS, 2), np.nan, np.float32)
 
 
-def _decode(name, path, notes):
+def decode_file(name, path, notes):
     """(image, None) or (None, skipped Outcome); the decode's note goes into ``notes``.
 
     The whole image is decoded once, strictly (`_images.decode_source_image_checked`): a JPEG
@@ -151,7 +152,7 @@ def _full_release_face(name, row, images_dir, crop_margin, image_size, landmarks
     the box before and after); a box without area or overlap with the image is skipped as
     `BAD_FACE_BOX`.
     """
-    image, failure = _decode(name, f"{images_dir}/{row['file_name']}", notes)
+    image, failure = decode_file(name, f"{images_dir}/{row['file_name']}", notes)
     if failure is not None:
         return None, None, failure
     height, width = image.shape[:2]
@@ -264,7 +265,7 @@ class AffectNetRowProcessor:
         except (tf.errors.NotFoundError, ValueError):
             landmarks = None
             notes.append(_generation.Note(LANDMARKS_NAN))
-        image, outcome = _decode(name, f"{self.images_dir}/{name}", notes)
+        image, outcome = decode_file(name, f"{self.images_dir}/{name}", notes)
         if outcome is not None:
             return outcome
         face, landmarks = _images.resize_face(image, self.image_size, landmarks)

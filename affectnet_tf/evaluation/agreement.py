@@ -413,8 +413,9 @@ def _cell(value, width=8):
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"
 
 
-def format_agreement(result, title="", per_annotator=False):
-    """A plain-text table of one :func:`annotator_agreement` result."""
+def format_agreement(result, title="", per_annotator=False, original_name="AffectNet's label"):
+    """A plain-text table of one :func:`annotator_agreement` result; ``original_name`` says
+    what ``original_expression`` was (e.g. "the truth" of a crowd folder)."""
     crowd = result["crowd"]
     lines = []
     if title:
@@ -437,9 +438,8 @@ def format_agreement(result, title="", per_annotator=False):
         header += f"{'model':>8}{'beats':>8}"
     lines += ["", header]
     for key, entry in result["summary"].items():
-        line = f"  {_LABELS.get(key, key):<46}" + "".join(
-            _cell(entry[k]) for k in ("mean", "median", "min", "max")
-        )
+        label = _LABELS.get(key, key).replace("AffectNet's label", original_name)
+        line = f"  {label:<46}" + "".join(_cell(entry[k]) for k in ("mean", "median", "min", "max"))
         if has_model:
             above = entry.get("model_above")
             line += _cell(entry.get("model")) + (
@@ -449,7 +449,7 @@ def format_agreement(result, title="", per_annotator=False):
     if result.get("model_vs_original"):
         original = result["model_vs_original"]
         lines.append(
-            f"  model vs AffectNet's label: accuracy {_cell(original['accuracy'], 0)}, "
+            f"  model vs {original_name}: accuracy {_cell(original['accuracy'], 0)}, "
             f"macro F1 {_cell(original['f1_macro'], 0)}"
         )
     for key in ("cleaned", "dropped"):

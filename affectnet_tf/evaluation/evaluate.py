@@ -41,6 +41,7 @@ from affectnet_tf.evaluation.split_agreement import agreement_rows, split_agreem
 from affectnet_tf.files import json_ready, write_json
 from affectnet_tf.modeling import metrics, models
 from affectnet_tf.training.config import RunConfig, data_roles
+from affectnet_tf.training.crowd_folders import eval_reference
 from affectnet_tf.training.run_folder import load_run
 
 __all__ = [
@@ -376,6 +377,7 @@ def evaluate_run(
         extra={
             "dataset": options.name,
             "target": options.target,
+            "evaluated_against": eval_reference(options.name, options.target, options.va_target),
             # the run's record of its images, when its own test data is evaluated
             **({"data_roles": run.roles} if own_test else {}),
         },

@@ -15,6 +15,8 @@ Data roles (:func:`data_roles`): every run uses three disjoint sets of images: `
   ``--test-fraction``); or ``--folds K`` cross-validation: K runs, each fold the test set once,
   mean and standard deviation reported.
 - ``synthetic_faces``: its ``train``, ``validation`` and ``test`` splits.
+- ``crowd_images`` (``--manual-dir DIR``, a user's crowd folder): its one ``train`` split cut
+  as an affectnet_c25 set is (:mod:`affectnet_tf.training.crowd_folders`).
 
 ``--split``, ``--val-split`` and ``--eval-split`` take ``SPLIT`` or ``SPLIT:SUBSET`` (a subset
 ``train``, ``selection`` or ``test`` of the split's cut) to choose the roles by hand.
@@ -32,6 +34,7 @@ from affectnet_tf.data.pipeline import SUBSETS, TARGETS, TASKS, VA_TARGETS, Part
 from affectnet_tf.modeling.backbones import BACKBONES
 from affectnet_tf.modeling.models import CROWD_LAYERS, DEFAULT_VA_CROWD_LAYER, VA_CROWD_LAYERS
 from affectnet_tf.progress import add_verbosity_flags
+from affectnet_tf.training.crowd_folders import CROWD_IMAGES, crowd_images_config
 
 __all__ = [
     "RunConfig",
@@ -72,7 +75,8 @@ class RunConfig:
         "Data",
         "affectnet_c25/set1",
         "TFDS dataset: affectnet_c25/<set> (cut into train / selection / test), affectnet "
-        "(test: its validation split), or synthetic_faces/<config> (its three splits)",
+        "(test: its validation split), synthetic_faces/<config> (its three splits), or "
+        "crowd_images (your folder, --manual-dir DIR; cut like an affectnet_c25 set)",
     )
     split: str | None = _setting(
         "Data", None, "training split, SPLIT or SPLIT:SUBSET (default: from --dataset)"
@@ -91,7 +95,9 @@ class RunConfig:
     )
     data_dir: str | None = _setting("Data", None, "TFDS data folder")
     manual_dir: str | None = _setting(
-        "Data", None, "manual download folder (first preparation only)"
+        "Data",
+        None,
+        "manual download folder (first preparation only); the crowd folder of crowd_images",
     )
     stored_image_size: int | None = _setting(
         "Data", None, "prepare/read a dataset configuration storing images of this side"
@@ -468,6 +474,8 @@ def data_roles(config):
     """
     parts = config.dataset.split("/")
     base = parts[0]
+    if base == CROWD_IMAGES:
+        return _crowd_images_roles(config)
     set_name = None
     if base == "affectnet_c25" and len(parts) > 1 and parts[-1].startswith("set"):
         set_name = parts.pop()
@@ -523,13 +531,50 @@ def data_roles(config):
     return DataRoles(base, tfds_config, roles["train"], roles["selection"], roles["test"])
 
 
+def _crowd_images_roles(config):
+    """The roles of a crowd folder: its one split cut as an affectnet_c25 set is."""
+    folder = crowd_images_config(config)
+    roles = {name: Role("train", name) for name in ("train", "selection", "test")}
+    for name, value, flag in (
+        ("train", config.split, "split"),
+        ("selection", config.val_split, "val-split"),
+        ("test", config.eval_split, "eval-split"),
+    ):
+        if value:
+            role = _role(value, flag)
+            if role.split != "train" or role.subset is None:
+                raise ValueError(
+                    f"crowd_images has one split, train, cut into the subsets train, "
+                    f"selection and test: --{flag} train:SUBSET. Received: {flag}={value!r}"
+                )
+            roles[name] = role
+    if config.folds is not None and roles["test"] != Role("train", "test"):
+        raise ValueError(
+            "--folds cross-validates the crowd folder's train split; the test data must be "
+            f"its test subset. Received: eval_split={config.eval_split!r}"
+        )
+    subsets = [role.subset for role in roles.values()]
+    if len(set(subsets)) < 3:
+        raise ValueError(
+            f"The data roles overlap: {roles}. Roles drawn from one split must be different "
+            "subsets of it (train, selection, test)."
+        )
+    return DataRoles(CROWD_IMAGES, folder, roles["train"], roles["selection"], roles["test"])
+
+
 def eval_targets(config):
-    """The labels the test data is scored against: the truth on synthetic_faces, else the
-    crowd's majority vote and mean (the single label for ``original`` and ``true`` runs).
+    """The labels the test data is scored against: the truth on synthetic_faces and on a
+    crowd_images folder with truth.csv (per task), else the crowd's majority vote and mean
+    (the single label for ``original`` and ``true`` runs).
     They never depend on training settings other than which kind of label the run learns."""
     if config.dataset.split("/")[0] == "synthetic_faces":
         return "true", "true"
     targets = config.head_targets
+    if config.dataset == CROWD_IMAGES:
+        truth = crowd_images_config(config).truth_tasks
+        expression = "true" if "expression" in truth else "mv"
+        va = "true" if {"valence", "arousal"} & set(truth) else "mean"
+        return expression, va
     expression = targets["expression"]
     exp_target = expression if expression in ("original", "true") else "mv"
     va = targets["valence"]

@@ -49,6 +49,7 @@ from affectnet_tf.files import write_atomically, write_json
 from affectnet_tf.modeling import models
 from affectnet_tf.training import fit_loop, folds, worker_loop
 from affectnet_tf.training.config import RunConfig, data_roles
+from affectnet_tf.training.crowd_folders import eval_reference
 from affectnet_tf.training.datasets import RunDatasets, log_data_summary
 from affectnet_tf.training.distribute import is_chief, make_strategy
 from affectnet_tf.training.objectives import head_losses, initial_confusions, initial_va_crowds
@@ -275,6 +276,7 @@ def _evaluate(run):
         extra={
             "dataset": roles.dataset_name,
             "target": run.datasets.eval_targets["target"],
+            "evaluated_against": eval_reference(config.dataset, **run.datasets.eval_targets),
             "data_roles": run.record,
         },
     )
