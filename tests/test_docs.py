@@ -139,6 +139,8 @@ def _parse_module_command(module, args):
 def check_command(argv):
     """Raises AssertionError where a documented command names something that is not there."""
     program, *args = argv
+    if program.endswith("/bin/python"):  # the python of another virtual environment
+        program = "python"
     if program == "make":
         missing = set(args) - _makefile_targets()
         assert not missing, f"no Makefile target {sorted(missing)}"
@@ -162,6 +164,9 @@ def check_command(argv):
         if "--config" in args:
             config = args[args.index("--config") + 1]
             assert config in builder.builder_configs, f"{args[1]} has no config {config}"
+    elif program == "git" and args[:1] == ["clone"]:
+        url = args[1]
+        assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url), f"not a GitHub URL: {url}"
     else:
         raise AssertionError(f"no check for this command: {shlex.join(argv)}")
 
@@ -261,10 +266,10 @@ def test_flag_markers_take_their_level_from_the_heading_above():
     flag_tables = _tool("flag_tables")
     page = "# Page\n\n```bash\n# a comment, not a heading\n```\n\n### Command\n\n"
     markdown = flag_tables.on_page_markdown(
-        page + "<!-- flags: affectnet_tf.agreement -->\n", None, None, None
+        page + "<!-- flags: affectnet_tf.predict -->\n", None, None, None
     )
-    assert "\n#### Options\n" in markdown
-    assert "`--csv-dir`" in markdown and "required" in markdown
+    assert "\n#### Positional arguments\n" in markdown and "\n#### Model\n" in markdown
+    assert "`--model-dir`" in markdown and "required" in markdown
 
 
 def test_screenshot_command(tmp_path):
@@ -314,7 +319,8 @@ def test_docstring_roles_become_optional_links():
         ("python examples/no_such_example.py", "no file"),
         ('pip install -e ".[nothing]"', "no extra"),
         ("tfds build affectnet --config nothing --imports tfds_affectnet", "no config"),
-        ("git clone https://example.org/repo", "no check for this command"),
+        ("git clone https://example.org/repo", "not a GitHub URL"),
+        ("git push origin main", "no check for this command"),
     ],
 )
 def test_command_check_catches_mistakes(command, message, capsys):
