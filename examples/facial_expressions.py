@@ -324,6 +324,14 @@ def read_roles(path):
     return {role: list(roles[role]) for role in ("train", "selection", "test")}
 
 
+def print_result(result, output=None):
+    """Prints ``result`` as indented JSON, and writes it to ``output`` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if output:
+        Path(output).write_text(text + "\n")
+
+
 def scores(y_true, y_pred, num_classes=8):
     """Accuracy, macro F1, per-class F1 and the confusion matrix of class indices.
 

@@ -258,10 +258,7 @@ def main(argv=None):
     result = {"roles_from": source, "role_sizes": {name: len(roles[name]) for name in ROLES}}
     result.update(train_and_score(args.folder, roles, args))
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    facial_expressions.print_result(result, args.output)
     return result
 
 

@@ -118,10 +118,7 @@ def main(argv=None):
     seven = scored & (labels != CONTEMPT)
     result["seven_classes"] = facial_expressions.scores(labels[seven], predictions[seven], 7)
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    facial_expressions.print_result(result, args.output)
     return result
 
 
