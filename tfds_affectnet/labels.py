@@ -41,6 +41,7 @@ __all__ = [
     "CONTEMPT",
     "NEUTRAL",
     "expression_names",
+    "class_set",
     "canonical_order",
     "c25_to_affectnet",
     "affectnet_to_c25",
@@ -77,6 +78,46 @@ def expression_names(num_classes=8):
     if num_classes == 11:
         return ALL_CATEGORY_NAMES
     raise ValueError(f"`num_classes` must be 8, 7 or 11. Received: num_classes={num_classes}")
+
+
+def class_set(dataset_classes=None, num_classes=None):
+    """The classes a model of a dataset learns, in output order.
+
+    Args:
+        dataset_classes: the dataset's own class names (a ``crowd_images`` folder's
+            ``classes.txt``), or None for AffectNet's (every other dataset of the package).
+            AffectNet's 8 in the package's order (case aside) count as AffectNet's.
+        num_classes: None (all of the dataset's classes), 8, or 7 to drop contempt from
+            AffectNet's; a dataset with another class set takes its own count only.
+
+    Returns:
+        A tuple of names: :func:`expression_names` for AffectNet's classes, else
+        ``dataset_classes`` as given.
+
+    Raises:
+        ValueError: a ``num_classes`` the dataset's classes cannot give, or fewer than two
+            distinct classes.
+    """
+    own = None if dataset_classes is None else tuple(str(name) for name in dataset_classes)
+    if own is None or tuple(name.lower() for name in own) == EXPRESSION_NAMES:
+        chosen = 8 if num_classes is None else int(num_classes)
+        if chosen not in (7, 8):
+            raise ValueError(
+                "A dataset of AffectNet's classes has 8 classes, or 7 without contempt. "
+                f"Received: num_classes={num_classes}"
+            )
+        return expression_names(chosen)
+    if len(own) < 2 or len({name.lower() for name in own}) != len(own):
+        raise ValueError(
+            f"A class set needs at least two distinct names. Received: class_names={list(own)}"
+        )
+    if num_classes is not None and int(num_classes) != len(own):
+        raise ValueError(
+            f"This dataset has its own {len(own)} classes ({', '.join(own)}); num_classes can "
+            "only be their count (7 drops contempt from AffectNet's 8 only). "
+            f"Received: num_classes={num_classes}"
+        )
+    return own
 
 
 def canonical_order(class_names):

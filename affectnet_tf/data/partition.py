@@ -1,7 +1,7 @@
 """The cut of a split into the three data roles: ``train``, ``selection`` and ``test``.
 
-The cut is stratified by each image's 8-class majority vote (or its single label) and seeded
-(:class:`Partition`); it depends on the file names, the labels and the seed only, so a run, its
+The cut is stratified by each image's majority vote over all its dataset's classes (or its
+single label) and seeded (:class:`Partition`); it depends on the file names, the labels and the seed only, so a run, its
 resumption and its evaluation all see the same images in each role.
 """
 
@@ -21,7 +21,8 @@ class Partition:
     """How one split is cut into the three data roles: ``train``, ``selection`` (the data that
     picks the best epoch) and ``test`` (the data that is reported).
 
-    The cut is stratified by each image's 8-class majority vote (or its single label) and
+    The cut is stratified by each image's majority vote over every class of its dataset
+    (AffectNet's 8 whatever ``num_classes``; a crowd folder's own) or its single label, and
     seeded: the images are listed class by class, each class in an order shuffled with
     ``seed`` (from file-name order), and every ``1 / fraction``-th image of that list goes to
     the test set, then likewise to the selection set, so each role holds its share of every
@@ -64,10 +65,12 @@ class Partition:
 
 
 def _strata(table):
-    """Each row's class for the stratified cut: the 8-class majority vote, else the label."""
+    """Each row's class for the stratified cut: the majority vote over all the stored classes
+    (AffectNet's 8, or a crowd folder's own, maybe more), else the label."""
     if "crowd_expression" in table:
         answers = np.asarray(table["crowd_expression"], np.int64)
-        return labels.majority_labels(answers, table["file_name"], 8)[0]
+        stored = max(len(labels.EXPRESSION_NAMES), int(answers.max(initial=-1)) + 1)
+        return labels.majority_labels(answers, table["file_name"], stored)[0]
     for key in ("expression", "affectnet_expression", "true_expression"):
         if key in table:
             return np.asarray(table[key], np.int64)

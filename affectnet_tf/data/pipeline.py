@@ -30,7 +30,6 @@ from affectnet_tf.data.targets import TASKS as TASKS
 from affectnet_tf.data.targets import VA_TARGETS as VA_TARGETS
 from affectnet_tf.data.targets import build_targets, default_va_target
 from affectnet_tf.data.targets import crowd_answers as crowd_answers
-from tfds_affectnet import labels
 
 __all__ = ["PipelineOptions", "DatasetInfo", "make_dataset", "dataset_from_split"]
 
@@ -59,9 +58,11 @@ class PipelineOptions:
         image_size: side of the square RGB ``uint8`` images.
         batch_size: the global batch size.
         training: shuffle and augment (augmentation can be switched off with ``augment``).
-        num_classes: 8, or 7 to drop contempt (crowd answers of contempt become "no answer";
-            images whose 8-class majority is contempt, or whose label is contempt, are dropped
-            and counted).
+        num_classes: None (all the dataset's classes: AffectNet's 8, or a ``crowd_images``
+            folder's own), 8, or 7 to drop contempt from AffectNet's (crowd answers of contempt
+            become "no answer"; images whose 8-class majority is contempt, or whose label is
+            contempt, are dropped and counted). A dataset with its own class set takes only
+            its count (:func:`tfds_affectnet.labels.class_set`).
         subset: ``None`` (the whole split), ``"train"``, ``"selection"`` or ``"test"``: a role
             of a split cut by ``partition`` (:class:`~affectnet_tf.data.partition.Partition`,
             :func:`~affectnet_tf.data.partition.subset_mask`).
@@ -94,7 +95,7 @@ class PipelineOptions:
     image_size: int = 224
     batch_size: int = 32
     training: bool = False
-    num_classes: int = 8
+    num_classes: int | None = None
     subset: str | None = None
     partition: Partition | None = None
     augment: bool | None = None
@@ -199,7 +200,7 @@ class _SplitLabels:
         return (weights / max(weights.max(), 1e-12)).astype(np.float32)
 
 
-def _label_split(split_table, options):
+def _label_split(split_table, options, class_names):
     """The :class:`_SplitLabels` of ``options``' targets and subset of an opened split.
 
     Raises:
@@ -212,7 +213,7 @@ def _label_split(split_table, options):
         task=options.task,
         target=options.target,
         va_target=options.va_target,
-        num_classes=options.num_classes,
+        num_classes=len(class_names),
         fit_rows=fit_rows,
         ds_convergence=options.ds_convergence,
     )
@@ -223,7 +224,7 @@ def _label_split(split_table, options):
             f"(subset={options.subset}) for task={options.task!r}, target={options.target!r}; "
             f"dropped: {extras['dropped']}"
         )
-    counts = np.bincount(classes[keep & (classes >= 0)], minlength=options.num_classes)
+    counts = np.bincount(classes[keep & (classes >= 0)], minlength=len(class_names))
     return _SplitLabels(targets, keep, classes, extras, counts)
 
 
@@ -418,7 +419,7 @@ def _batched_dataset(split_table, split_labels, options):
     return dataset.with_options(tf_options).prefetch(tf.data.AUTOTUNE)
 
 
-def _dataset_info(split_table, split_labels, options, element_spec):
+def _dataset_info(split_table, split_labels, options, element_spec, class_names):
     """The :class:`DatasetInfo` of a pipeline."""
     keep = split_labels.keep
     names = split_table.table["file_name"][keep]
@@ -428,8 +429,8 @@ def _dataset_info(split_table, split_labels, options, element_spec):
         task=options.task,
         target=options.target,
         va_target=options.resolved_va_target,
-        num_classes=options.num_classes,
-        class_names=labels.expression_names(options.num_classes),
+        num_classes=len(class_names),
+        class_names=tuple(class_names),
         num_examples=split_labels.num_examples,
         num_annotators=split_table.num_annotators,
         class_counts=split_labels.counts.tolist(),
@@ -456,11 +457,13 @@ def dataset_from_split(split_table, options=None, return_info=False):
         The dataset, or ``(dataset, info)`` with ``return_info=True``.
     """
     options = options or PipelineOptions()
-    split_labels = _label_split(split_table, options)
+    class_names = split_table.class_names(options.num_classes)
+    split_labels = _label_split(split_table, options, class_names)
     dataset = _batched_dataset(split_table, split_labels, options)
     if not return_info:
         return dataset
-    return dataset, _dataset_info(split_table, split_labels, options, dataset.element_spec)
+    info = _dataset_info(split_table, split_labels, options, dataset.element_spec, class_names)
+    return dataset, info
 
 
 def make_dataset(
@@ -473,7 +476,7 @@ def make_dataset(
     image_size=224,
     batch_size=32,
     training=False,
-    num_classes=8,
+    num_classes=None,
     data_dir=None,
     manual_dir=None,
     config=None,

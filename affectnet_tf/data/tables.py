@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from affectnet_tf.progress import progress
+from tfds_affectnet import labels
 
 __all__ = [
     "SplitTable",
@@ -113,6 +114,22 @@ class SplitTable:
         """The number of crowd annotators (columns of ``crowd_expression``), or None."""
         answers = self.table.get("crowd_expression")
         return None if answers is None else answers.shape[1]
+
+    @property
+    def dataset_classes(self):
+        """The dataset's own class names (a ``crowd_images`` folder's, in its metadata), or
+        None for AffectNet's (:func:`tfds_affectnet.labels.class_set`)."""
+        metadata = self.builder.info.metadata or {}
+        names = metadata.get("class_names")
+        return None if names is None else tuple(names)
+
+    def class_names(self, num_classes=None):
+        """The classes learnt from the split: ``num_classes`` of its dataset's class set
+        (:func:`tfds_affectnet.labels.class_set`; an error names the dataset)."""
+        try:
+            return labels.class_set(self.dataset_classes, num_classes)
+        except ValueError as error:
+            raise ValueError(f"{self.name}: {error}") from None
 
 
 def open_split(name, split=None, *, data_dir=None, manual_dir=None, config=None):

@@ -81,7 +81,9 @@ def _single_label_expression(table, target, num_classes, dropped):
         )
     codes = table[key].astype(np.int64)
     valid = (codes >= 0) & (codes < num_classes)
-    dropped["expression_not_a_label"] = int(np.sum((codes >= 8) | (codes < 0)))
+    # AffectNet's codes 8-10 are no labels; another class set's codes are all labels
+    labelled = max(num_classes, len(labels.EXPRESSION_NAMES))
+    dropped["expression_not_a_label"] = int(np.sum((codes >= labelled) | (codes < 0)))
     if num_classes == 7:
         dropped["expression_contempt"] = int(np.sum(codes == labels.CONTEMPT))
     no_ties = np.zeros(len(codes), bool)
@@ -202,8 +204,18 @@ def _check_arguments(table, task, target, va_target, num_classes):
         raise ValueError(f"`task` must be one of {TASKS}. Received: task={task!r}")
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {TARGETS}. Received: target={target!r}")
-    if num_classes not in (7, 8):
-        raise ValueError(f"`num_classes` must be 8 or 7. Received: num_classes={num_classes}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+        raise ValueError(f"`num_classes` must be an integer. Received: num_classes={num_classes!r}")
+    if num_classes < 2:
+        raise ValueError(f"`num_classes` must be at least 2. Received: num_classes={num_classes}")
+    for key in ("crowd_expression", "true_expression"):
+        codes = np.asarray(table.get(key, ()), np.int64)
+        if num_classes not in (7, 8) and codes.size and codes.max() >= num_classes:
+            raise ValueError(
+                f"`num_classes` must count every class of the dataset, and {key} holds the "
+                f"class {int(codes.max())} (AffectNet's classes: 8, or 7 without contempt). "
+                f"Received: num_classes={num_classes}"
+            )
     if va_target not in VA_TARGETS:
         raise ValueError(
             f"`va_target` must be one of {VA_TARGETS}. Received: va_target={va_target!r}"
@@ -242,6 +254,9 @@ def build_targets(
     ``va_target="latent"`` likewise fits :class:`crowd_layers.LatentTruthRegression` on the
     ``fit_rows`` only.
 
+    ``num_classes``: the classes' count; 7 drops contempt from AffectNet's codes (a class set
+    of the dataset's own has codes ``0..num_classes-1`` only, so nothing is dropped there).
+
     Returns:
         ``(targets, keep, classes, extras)``: ``targets`` an array or a dict of arrays (one row
         per table row), ``keep`` the rows that have the requested labels (for ``task="all"`` a
@@ -277,7 +292,7 @@ def crowd_answers(
     name,
     split=None,
     *,
-    num_classes=8,
+    num_classes=None,
     data_dir=None,
     manual_dir=None,
     config=None,
@@ -286,8 +301,8 @@ def crowd_answers(
     head="expression",
 ):
     """The answer matrix ``(N, R)`` of the images ``make_dataset`` trains on with
-    ``target="cv"``: the same split, subset and class set (with 7 classes, contempt answers
-    are no answers). For aggregators, or to initialise crowd layers.
+    ``target="cv"``: the same split, subset and class set (``num_classes`` as there: None for
+    the dataset's own; with AffectNet's 7, contempt answers are no answers). For aggregators, or to initialise crowd layers.
 
     ``head``: ``"expression"`` (integers, -1: no answer), ``"valence"`` or ``"arousal"``
     (floats, NaN: no answer; the images with an answer of that head).
@@ -303,7 +318,11 @@ def crowd_answers(
         raise ValueError(f"`head` must be expression, valence or arousal. Received: head={head!r}")
     task = {"expression": "exp", "valence": "val", "arousal": "aro"}[head]
     answers, keep, _, _ = build_targets(
-        table, task=task, target="cv", va_target="cv", num_classes=num_classes
+        table,
+        task=task,
+        target="cv",
+        va_target="cv",
+        num_classes=len(opened.class_names(num_classes)),
     )
     keep &= subset_mask(table, subset, partition)
     return np.asarray(answers)[keep]

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from affectnet_tf.data.partition import subset_mask
+from affectnet_tf.data.tables import SplitTable
 from affectnet_tf.evaluation import predictions as passes
 from affectnet_tf.evaluation import reports
 from affectnet_tf.evaluation.annotators import (
@@ -123,6 +124,7 @@ def _split_pass(model, metadata, options, keep_examples):
     logger.info("Evaluating on %s", options.title)
     logger.debug("Evaluation options: %s", options)
     builder, table = passes.open_evaluated_split(options)
+    _check_classes(metadata, SplitTable(options.name, options.split, builder, table))
     heads = list(metadata["outputs"])
     truths, predicted, examples, rows, outputs = passes.evaluated_split(
         model,
@@ -136,6 +138,25 @@ def _split_pass(model, metadata, options, keep_examples):
     )
     seen = {"builder": builder, "table": table, "rows": rows, "outputs": outputs}
     return truths, predicted, examples, seen
+
+
+def _check_classes(metadata, split_table):
+    """Raises ``ValueError`` when the model's classes are not the evaluated dataset's (in the
+    same order; AffectNet's 7 of its 8 allowed)."""
+    model_names = [str(name).lower() for name in metadata["class_names"]]
+    try:
+        expected = split_table.class_names(len(model_names))
+    except ValueError as error:
+        raise ValueError(
+            f"The model predicts the classes {list(metadata['class_names'])}, which "
+            f"{split_table.name} cannot be scored on: {error}"
+        ) from None
+    if model_names != [name.lower() for name in expected]:
+        raise ValueError(
+            f"The model predicts the classes {list(metadata['class_names'])}; "
+            f"{split_table.name} has {list(expected)}. Evaluate it on data of its classes, "
+            "in the same order."
+        )
 
 
 def _human_sections(model, heads, num_classes, options, seen):

@@ -71,6 +71,24 @@ def _check_choice(value, choices, name):
         raise ValueError(f"`{name}` must be one of {tuple(choices)}. Received: {name}={value!r}")
 
 
+def _class_names(num_classes, class_names):
+    """The expression head's classes: AffectNet's 8 or 7, or ``class_names`` (checked)."""
+    if class_names is None:
+        _check_choice(8 if num_classes is None else num_classes, (7, 8), "num_classes")
+        return labels.expression_names(8 if num_classes is None else num_classes)
+    names = tuple(str(name) for name in class_names)
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ValueError(
+            f"`class_names` must hold at least two distinct names. Received: {list(names)}"
+        )
+    if num_classes is not None and num_classes != len(names):
+        raise ValueError(
+            f"`num_classes` must be the number of `class_names` ({len(names)}). "
+            f"Received: num_classes={num_classes}"
+        )
+    return names
+
+
 def _check_crowd_arguments(
     crowd_heads, num_annotators, crowd_layer, va_crowd_layer, init_confusions
 ):
@@ -91,7 +109,7 @@ def _check_crowd_arguments(
         )
 
 
-def _model_info(model, task, num_classes, target, crowd_heads, size, spec, metadata):
+def _model_info(model, task, class_names, target, crowd_heads, size, spec, metadata):
     """The metadata of a model (:func:`model_metadata`), ``metadata``'s entries added."""
     info = {
         "backbone": model,
@@ -101,8 +119,8 @@ def _model_info(model, task, num_classes, target, crowd_heads, size, spec, metad
         "input": "RGB uint8 images of any size, resized inside the model",
         "task": task,
         "outputs": list(TASK_HEADS[task]),
-        "num_classes": num_classes,
-        "class_names": list(labels.expression_names(num_classes)),
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
         "target": target,
         "crowd_heads": crowd_heads,
         "package": "affectnet-tf",
@@ -182,7 +200,8 @@ def build_model(
     model="resnet50",
     *,
     task="exp",
-    num_classes=8,
+    num_classes=None,
+    class_names=None,
     target="mv",
     va_target=None,
     num_annotators=None,
@@ -200,7 +219,10 @@ def build_model(
     Args:
         model: backbone name, a key of :data:`affectnet_tf.modeling.backbones.BACKBONES`.
         task: ``exp``, ``aro``, ``val``, ``va`` or ``all``.
-        num_classes: 8, or 7 (without contempt).
+        num_classes: 8 (default), or 7 (without contempt) of AffectNet's classes; with
+            ``class_names``, their count (or None).
+        class_names: the classes of the expression head in output order (a dataset's own,
+            such as a ``crowd_images`` folder's; default AffectNet's, ``num_classes`` of them).
         target: the expression training target; ``"cv"`` adds a crowd layer to that head.
         va_target: the valence/arousal target (default: ``"cv"`` when ``target`` is, else a
             single value); ``"cv"`` adds crowd layers to those heads. Each head's own target
@@ -231,7 +253,8 @@ def build_model(
         layers the training model is the prediction model.
     """
     _check_choice(task, TASK_HEADS, "task")
-    _check_choice(num_classes, (7, 8), "num_classes")
+    class_names = _class_names(num_classes, class_names)
+    num_classes = len(class_names)
     heads = TASK_HEADS[task]
     va_target = va_target or ("cv" if target == "cv" else "mean")
     crowd_heads = [h for h in heads if (target if h == "expression" else va_target) == "cv"]
@@ -242,7 +265,7 @@ def build_model(
     backbone, spec = build_backbone(model, weights=weights, image_size=image_size)
     size = int(backbone.input_shape[1])
     pretrained = weights is not None and str(weights).lower() != "none"
-    info = _model_info(model, task, num_classes, target, crowd_heads, size, spec, metadata)
+    info = _model_info(model, task, class_names, target, crowd_heads, size, spec, metadata)
     prediction = _prediction_model(
         backbone, spec, info, heads, num_classes, dropout, pretrained, name=f"{model}_{task}"
     )

@@ -34,7 +34,8 @@ from affectnet_tf.data.pipeline import SUBSETS, TARGETS, TASKS, VA_TARGETS, Part
 from affectnet_tf.modeling.backbones import BACKBONES
 from affectnet_tf.modeling.models import CROWD_LAYERS, DEFAULT_VA_CROWD_LAYER, VA_CROWD_LAYERS
 from affectnet_tf.progress import add_verbosity_flags
-from affectnet_tf.training.crowd_folders import CROWD_IMAGES, crowd_images_config
+from affectnet_tf.training.crowd_folders import CROWD_IMAGES, crowd_images_config, folder_classes
+from tfds_affectnet.labels import EXPRESSION_NAMES, expression_names
 
 __all__ = [
     "RunConfig",
@@ -130,7 +131,13 @@ class RunConfig:
         "crowdkit (crowd-kit's rule)",
         ("log_likelihood", "crowdkit"),
     )
-    num_classes: int = _setting("Data", 8, "8 expressions, or 7 without contempt", (7, 8))
+    num_classes: int = _setting(
+        "Data",
+        8,
+        "8 expressions, or 7 without contempt (crowd_images: the folder's classes.txt; 7 "
+        "drops contempt from AffectNet's 8)",
+        (7, 8),
+    )
     class_balanced: bool = _setting("Data", False, "resample to equal class frequencies")
     augment: bool = _setting("Data", True, "training augmentation")
     # Model
@@ -401,13 +408,15 @@ class Role:
 
 @dataclasses.dataclass(frozen=True)
 class DataRoles:
-    """The dataset of a run and its three roles."""
+    """The dataset of a run, its three roles and the classes its expression head learns
+    (AffectNet's 8 or 7, or a crowd folder's own)."""
 
     name: str
     tfds_config: object
     train: Role
     selection: Role
     test: Role
+    class_names: tuple = EXPRESSION_NAMES
 
     @property
     def dataset_name(self):
@@ -528,7 +537,8 @@ def data_roles(config):
                 f"The {', '.join(n for n, _ in members)} data overlap: {names}. Roles drawn "
                 "from one split must be different subsets of it (train, selection, test)."
             )
-    return DataRoles(base, tfds_config, roles["train"], roles["selection"], roles["test"])
+    classes = expression_names(config.num_classes)
+    return DataRoles(base, tfds_config, roles["train"], roles["selection"], roles["test"], classes)
 
 
 def _crowd_images_roles(config):
@@ -559,21 +569,25 @@ def _crowd_images_roles(config):
             f"The data roles overlap: {roles}. Roles drawn from one split must be different "
             "subsets of it (train, selection, test)."
         )
-    return DataRoles(CROWD_IMAGES, folder, roles["train"], roles["selection"], roles["test"])
+    chosen = [roles[name] for name in ("train", "selection", "test")]
+    return DataRoles(CROWD_IMAGES, folder, *chosen, folder_classes(config, folder))
 
 
 def eval_targets(config):
     """The labels the test data is scored against: the truth on synthetic_faces and on a
-    crowd_images folder with truth.csv (per task), else the crowd's majority vote and mean
-    (the single label for ``original`` and ``true`` runs).
+    crowd_images folder with truth.csv (the expression when it has one; valence and arousal
+    when it has every one the task trains, else both against the crowd), else the crowd's
+    majority vote and mean (the single label for ``original`` and ``true`` runs).
     They never depend on training settings other than which kind of label the run learns."""
     if config.dataset.split("/")[0] == "synthetic_faces":
         return "true", "true"
     targets = config.head_targets
     if config.dataset == CROWD_IMAGES:
-        truth = crowd_images_config(config).truth_tasks
+        truth = set(crowd_images_config(config).truth_tasks)
         expression = "true" if "expression" in truth else "mv"
-        va = "true" if {"valence", "arousal"} & set(truth) else "mean"
+        # one valence/arousal label for both: the truth when it holds every dimension trained
+        dimensions = {"val": {"valence"}, "aro": {"arousal"}}.get(config.task)
+        va = "true" if (dimensions or {"valence", "arousal"}) <= truth else "mean"
         return expression, va
     expression = targets["expression"]
     exp_target = expression if expression in ("original", "true") else "mv"

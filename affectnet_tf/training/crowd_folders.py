@@ -8,7 +8,7 @@ vote, seeded by ``--split-seed``, ``--folds`` too). The test data is scored agai
 of ``truth.csv`` where the folder has one, else against the crowd (majority vote, mean answer).
 """
 
-__all__ = ["CROWD_IMAGES", "crowd_images_config", "eval_reference"]
+__all__ = ["CROWD_IMAGES", "crowd_images_config", "folder_classes", "eval_reference"]
 
 CROWD_IMAGES = "crowd_images"
 
@@ -17,11 +17,10 @@ def crowd_images_config(config):
     """The ``crowd_images`` configuration of ``--manual-dir`` (the folder is read and checked).
 
     Raises:
-        ValueError: no ``--manual-dir``, another name than ``crowd_images``, a task whose
-            answers the folder lacks, or a class set that the training and evaluation do not
-            take (AffectNet's 8, or its 7 without contempt with ``--num-classes 7``).
+        ValueError: no ``--manual-dir``, another name than ``crowd_images``, or a task whose
+            answers the folder lacks.
     """
-    from tfds_affectnet import CrowdImagesConfig, labels
+    from tfds_affectnet import CrowdImagesConfig
 
     if config.dataset != CROWD_IMAGES:
         raise ValueError(f"`dataset` must be 'crowd_images'. Received: dataset={config.dataset!r}")
@@ -33,15 +32,6 @@ def crowd_images_config(config):
     folder = CrowdImagesConfig.from_folder(
         config.manual_dir, image_size=int(config.stored_image_size or 224)
     )
-    names = tuple(name.lower() for name in folder.class_names)
-    if names != labels.expression_names(config.num_classes):
-        raise ValueError(
-            f"The crowd folder {config.manual_dir} has the classes {list(folder.class_names)}; "
-            f"training takes AffectNet's classes in the package's order, "
-            f"{list(labels.expression_names(config.num_classes))} for --num-classes "
-            f"{config.num_classes} (7: without contempt). Received: num_classes="
-            f"{config.num_classes}"
-        )
     heads = {"exp": ("expression",), "val": ("valence",), "aro": ("arousal",)}
     heads.update(va=("valence", "arousal"), all=())
     unanswered = [head for head in heads.get(config.task, ()) if head not in folder.tasks]
@@ -51,6 +41,22 @@ def crowd_images_config(config):
             f"answers (its answers: {', '.join(folder.tasks)}). Received: task={config.task!r}"
         )
     return folder
+
+
+def folder_classes(config, folder):
+    """The classes a run learns from a crowd folder: those of its ``classes.txt`` (AffectNet's
+    8 without one); ``--num-classes 7`` drops contempt from AffectNet's 8 only.
+
+    Raises:
+        ValueError: ``--num-classes 7`` on a folder with a class set of its own (not 7 long).
+    """
+    from tfds_affectnet import labels
+
+    requested = 7 if config.num_classes == 7 else None
+    try:
+        return labels.class_set(folder.class_names, requested)
+    except ValueError as error:
+        raise ValueError(f"The crowd folder {config.manual_dir}: {error}") from None
 
 
 def eval_reference(dataset, target, va_target):

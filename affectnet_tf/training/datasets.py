@@ -85,7 +85,7 @@ class RunDatasets:
             subset=role.subset,
             partition=self.roles.partition_of(role, config.partition),
             task=config.task,
-            num_classes=config.num_classes,
+            num_classes=len(self.roles.class_names),
             data_dir=config.data_dir,
             manual_dir=config.manual_dir,
             config=self.roles.builder_config,

@@ -368,7 +368,7 @@ def compile_model(model, config, losses, learning_rate, steps):
         if config.strategy == "tpu":  # the package's streaming metrics keep float64 sums
             metric_list["expression"] = ["sparse_categorical_accuracy"]
         else:
-            k = int(config.num_classes)
+            k = int(losses["expression"].num_classes)  # the run's classes
             metric_list["expression"] = [metrics.MaskedAccuracy(k), metrics.MacroF1(k)]
     for head in ("valence", "arousal"):
         if head in losses and targets[head] != "cv" and config.strategy != "tpu":

@@ -23,16 +23,18 @@ __all__ = ["head_losses", "initial_confusions", "initial_va_crowds"]
 
 def head_losses(config, heads, info=None, training_model=None):
     """Per-head Keras losses, each from its head's own target (masked where a label can be
-    missing). ``info`` (the training data's :class:`affectnet_tf.DatasetInfo`) is needed for
+    missing). ``info`` (the training data's :class:`affectnet_tf.DatasetInfo`) gives the
+    classes (default ``config.num_classes`` of AffectNet's) and is needed for
     ``class_weights``; ``training_model`` gives a ``latent`` crowd head's loss its gradient
     scale (:func:`affectnet_tf.modeling.models.crowd_losses`)."""
     targets = config.head_targets
     crowd_losses = models.crowd_losses(
         config.crowd_layer, config.va_crowd_layer, training_model=training_model
     )
+    num_classes = config.num_classes if info is None else info.num_classes
     weights = None
     if config.class_weights:
-        weights = [info.class_weights[k] for k in range(config.num_classes)]
+        weights = [info.class_weights[k] for k in range(num_classes)]
     result = {}
     for head in heads:
         if targets[head] == "cv":
@@ -45,7 +47,7 @@ def head_losses(config, heads, info=None, training_model=None):
             )
         else:
             result[head] = losses_module.MaskedSparseCategoricalCrossentropy(
-                config.num_classes, label_smoothing=config.label_smoothing, class_weights=weights
+                num_classes, label_smoothing=config.label_smoothing, class_weights=weights
             )
     return result
 
@@ -55,7 +57,7 @@ def _train_answers(config, roles, head):
     return data.crowd_answers(
         roles.dataset_name,
         roles.train.split,
-        num_classes=config.num_classes,
+        num_classes=len(roles.class_names),
         data_dir=config.data_dir,
         manual_dir=config.manual_dir,
         config=roles.builder_config,
@@ -95,6 +97,6 @@ def initial_confusions(config, roles):
         )
     answers = _train_answers(config, roles, "expression")
     if config.crowd_init == "mv":
-        return crowd_layers.majority_vote_confusions(answers, num_classes=config.num_classes)
-    aggregator = crowd_layers.DawidSkene(num_classes=config.num_classes, smoothing=1.0)
+        return crowd_layers.majority_vote_confusions(answers, num_classes=len(roles.class_names))
+    aggregator = crowd_layers.DawidSkene(num_classes=len(roles.class_names), smoothing=1.0)
     return aggregator.fit(answers).confusions_

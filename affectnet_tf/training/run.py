@@ -185,7 +185,7 @@ def _build_model(config, roles, info):
     return models.build_model(
         config.model,
         task=config.task,
-        num_classes=config.num_classes,
+        class_names=info.class_names,
         target=config.target,
         va_target=config.head_targets["valence"],
         num_annotators=info.num_annotators,

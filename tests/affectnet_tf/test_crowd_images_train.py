@@ -2,34 +2,51 @@
 three disjoint roles cut from its one split, evaluation against truth.csv or the crowd, and
 ``python -m affectnet_tf.agreement --crowd-dir DIR``."""
 
+import csv
 import json
 from pathlib import Path
 
+import cv2
+import keras
 import make_crowd_folder
+import make_face_clips
 import numpy as np
 import pytest
 import yaml
 
+import affectnet_tf
 from affectnet_tf import agreement as agreement_command
+from affectnet_tf import evaluate as evaluate_command
+from affectnet_tf import predict as predict_command
 from affectnet_tf import train as train_module
-from affectnet_tf.training.config import RunConfig, data_roles
+from affectnet_tf.training.config import RunConfig, data_roles, eval_targets
 from affectnet_tf.training.datasets import RunDatasets
 from affectnet_tf.training.run import train
 from tfds_affectnet import labels
 
 NUM_IMAGES = 40
+# a class set of the folder's own: more than AffectNet's 8, names with spaces, commas, accents
+OWN_CLASSES = ["calme", "très tendu", "bored, tired", "Happy", "awe", "anger", "x", "y", "z", "w"]
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """``{"truth": DIR, "crowd": DIR, "data_dir": TFDS folder}``: a long folder with truth.csv
-    and a wide one without."""
+    """``{"truth": DIR, "crowd": DIR, "own": DIR, "data_dir": TFDS folder}``: a long folder with
+    truth.csv, a wide one without, and a wide one of :data:`OWN_CLASSES` without."""
     root = tmp_path_factory.mktemp("crowd folders")
     make_crowd_folder.make_crowd_folder(root / "truth", num_images=NUM_IMAGES)
     make_crowd_folder.make_crowd_folder(
         root / "crowd", layout="wide", truth=False, num_images=NUM_IMAGES
     )
-    return {"truth": root / "truth", "crowd": root / "crowd", "data_dir": root / "tfds"}
+    make_crowd_folder.make_crowd_folder(
+        root / "own", layout="wide", truth=False, num_images=NUM_IMAGES, class_names=OWN_CLASSES
+    )
+    return {
+        "truth": root / "truth",
+        "crowd": root / "crowd",
+        "own": root / "own",
+        "data_dir": root / "tfds",
+    }
 
 
 def _settings(folders, output_dir, folder="truth", **overrides):
@@ -66,14 +83,18 @@ def _settings(folders, output_dir, folder="truth", **overrides):
         ("va", "latent", "latent", "truth"),
         ("va", "cv", "cv", "crowd"),
         ("all", "ds", "latent", "truth"),
+        ("exp", "ds", None, "own"),
+        ("exp", "cv", None, "own"),
     ],
 )
 def test_every_target_trains_and_is_scored_against_truth_or_crowd(
     folders, tmp_path, task, target, va_target, folder
 ):
-    result = train(
-        _settings(folders, tmp_path / "run", folder, task=task, target=target, va_target=va_target)
+    crowd_init = {"crowd_init": "ds"} if target == "cv" and folder == "own" else {}
+    settings = _settings(
+        folders, tmp_path / "run", folder, task=task, target=target, va_target=va_target
     )
+    result = train({**settings, **crowd_init})
     run = Path(result["run_dir"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert all(np.isfinite(v) for v in result["history"]["loss"])
@@ -95,6 +116,9 @@ def test_every_target_trains_and_is_scored_against_truth_or_crowd(
     assert config["dataset"] == "crowd_images" and config["manual_dir"] == str(folders[folder])
     if target == "cv" or va_target == "cv":
         assert (run / "annotators.npz").exists()
+    if folder == "own" and target == "cv":  # the folder's 10 classes
+        with np.load(run / "annotators.npz") as learned:
+            assert learned["expression_confusions"].shape == (4, 10, 10)
 
 
 def test_roles_are_disjoint_stratified_seeded_and_fold(folders, tmp_path):
@@ -125,8 +149,12 @@ def test_roles_are_disjoint_stratified_seeded_and_fold(folders, tmp_path):
 def test_front_door_errors(folders, tmp_path):
     with pytest.raises(ValueError, match="give it with --manual-dir DIR"):
         data_roles(RunConfig.from_dict(_settings(folders, tmp_path, manual_dir=None)))
-    with pytest.raises(ValueError, match=r"training takes AffectNet's classes.*--num-classes 7"):
-        data_roles(RunConfig.from_dict(_settings(folders, tmp_path, num_classes=7)))
+    own = tmp_path / "own classes"
+    make_crowd_folder.make_crowd_folder(own, num_images=8, class_names=["calm", "tense", "sad"])
+    with pytest.raises(ValueError, match=r"own classes.*its own 3 classes \(calm, tense, sad\)"):
+        data_roles(
+            RunConfig.from_dict(_settings(folders, tmp_path, manual_dir=str(own), num_classes=7))
+        )
     expression_only = tmp_path / "expression only"
     make_crowd_folder.make_crowd_folder(expression_only, num_images=8, tasks=("expression",))
     with pytest.raises(ValueError, match=r"has no valence answers .*task='val'"):
@@ -139,6 +167,19 @@ def test_front_door_errors(folders, tmp_path):
         data_roles(RunConfig.from_dict(_settings(folders, tmp_path, split="validation")))
 
 
+def test_a_truth_of_valence_alone_scores_a_va_run_against_the_crowd(folders, tmp_path):
+    folder = tmp_path / "valence truth"
+    make_crowd_folder.make_crowd_folder(folder, num_images=8)
+    rows = (folder / "truth.csv").read_text().splitlines()
+    (folder / "truth.csv").write_text(
+        "\n".join(",".join(row.split(",")[:3]) for row in rows) + "\n"
+    )  # image, expression, valence
+    expected = {"va": ("true", "mean"), "all": ("true", "mean"), "val": ("true", "true")}
+    for task, targets in expected.items():
+        config = _settings(folders, tmp_path, manual_dir=str(folder), task=task, target="mv")
+        assert eval_targets(RunConfig.from_dict({**config, "va_target": "mean"})) == targets
+
+
 def test_a_seven_class_folder_trains_with_num_classes_7(folders, tmp_path):
     folder = tmp_path / "seven"
     make_crowd_folder.make_crowd_folder(
@@ -148,6 +189,65 @@ def test_a_seven_class_folder_trains_with_num_classes_7(folders, tmp_path):
     metrics = json.loads((Path(result["run_dir"]) / "metrics.json").read_text())
     assert metrics["evaluated_against"]["source"] == "truth.csv"
     assert len(metrics["expression"]) > 0
+
+
+@pytest.fixture(scope="module")
+def own_class_run(folders, tmp_path_factory):
+    """``(settings, result)`` of a run on a folder of 10 classes of its own (names with spaces,
+    commas, accents; more than AffectNet's 8), trained on the majority vote, scored against
+    its truth.csv."""
+    root = tmp_path_factory.mktemp("own clässes")
+    make_crowd_folder.make_crowd_folder(root / "crowd", num_images=40, class_names=OWN_CLASSES)
+    settings = _settings(folders, root / "run", manual_dir=str(root / "crowd"), epochs=2)
+    return settings, train(settings)
+
+
+def test_a_folder_of_its_own_classes_trains_and_is_scored_in_them(own_class_run):
+    settings, result = own_class_run
+    run = Path(result["run_dir"])
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    metadata = affectnet_tf.model_metadata(model)
+    assert metadata["class_names"] == OWN_CLASSES and metadata["num_classes"] == 10
+    assert model.output_shape == (None, 10)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["target"] == "true" and metrics["evaluated_against"]["source"] == "truth.csv"
+    # every one of the 10 classes is a label (codes 8 and 9 are AffectNet's non-labels only)
+    roles = metrics["data_roles"]
+    assert sum(roles[r]["images"] for r in ("train", "selection", "test")) == 40
+    assert all(not roles[r]["left_out"] for r in ("train", "selection", "test"))
+    config = RunConfig.from_dict(settings)
+    datasets = RunDatasets(config, data_roles(config))
+    assert datasets.train_info.class_names == tuple(OWN_CLASSES)
+    assert datasets.train_info.class_counts == [2] * 10  # stratified over all 10 classes
+    assert metrics["expression"]["count"] == roles["test"]["images"] == 10
+
+
+def test_a_run_of_its_own_classes_evaluates_predicts_and_is_refused_elsewhere(
+    own_class_run, tmp_path, capsys
+):
+    _, result = own_class_run
+    run = result["run_dir"]
+    assert evaluate_command.main(["--model-dir", run, "--output-dir", str(tmp_path / "eval")]) == 0
+    first = json.loads((Path(run) / "metrics.json").read_text())
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert again["expression"]["accuracy"] == pytest.approx(first["expression"]["accuracy"])
+    # the report's per-class table and confusion matrix name the folder's classes
+    report = (tmp_path / "eval" / "report" / "report.md").read_text(encoding="utf-8")
+    assert all(f"| {name} |" in report for name in OWN_CLASSES)
+    image = tmp_path / "astronaut.png"
+    cv2.imwrite(str(image), cv2.cvtColor(make_face_clips.astronaut(), cv2.COLOR_RGB2BGR))
+    out = tmp_path / "predictions.csv"
+    assert predict_command.main(["--model-dir", run, str(image), "--output", str(out)]) == 0
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(row["expression"] in OWN_CLASSES for row in rows)
+    assert [k for k in rows[0] if k.startswith("prob_")] == [f"prob_{n}" for n in OWN_CLASSES]
+    assert sum(float(rows[0][f"prob_{n}"]) for n in OWN_CLASSES) == pytest.approx(1.0, abs=1e-4)
+    capsys.readouterr()
+    # the model's classes are not another dataset's
+    argv = ["--model-dir", run, "--dataset", "synthetic_faces/tiny"]
+    assert evaluate_command.main(argv + ["--data-dir", str(tmp_path / "tfds")]) == 2
+    assert "The model predicts the classes ['calme'" in capsys.readouterr().err
 
 
 def test_the_command_line_and_agreement_on_a_crowd_folder(folders, tmp_path, capsys):

@@ -219,6 +219,23 @@ def test_single_head_model(tmp_path):
     assert metadata.read_tflite_metadata(path)["output_shapes"] == {"expression": ["batch", 7]}
 
 
+def test_a_class_set_of_its_own_keeps_its_names_in_every_format(tmp_path):
+    names = ["calme", "très tendu", "bored, tired"]
+    built = models.build_model(
+        "compact_cnn_small", task="exp", class_names=names, weights=None, image_size=SIZE
+    )
+    images = np.random.default_rng(2).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    expected = run_keras(built.prediction_model, images)["expression"]
+    path = tflite.export_tflite(built.prediction_model, tmp_path / "own.tflite")
+    assert metadata.read_tflite_metadata(path)["class_names"] == names
+    np.testing.assert_allclose(tflite.run_tflite(path, images)["expression"], expected, atol=1e-5)
+    path = onnx_export.export_onnx(built.prediction_model, tmp_path / "own.onnx")
+    assert metadata.read_onnx_metadata(path)["class_names"] == names
+    np.testing.assert_allclose(
+        onnx_export.run_onnx(path, images)["expression"], expected, atol=1e-5
+    )
+
+
 @pytest.mark.parametrize(
     "backbone",
     [

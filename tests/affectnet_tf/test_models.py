@@ -271,6 +271,28 @@ def test_metadata(tmp_path):
         models.model_metadata(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
 
 
+def test_a_class_set_of_its_own_sizes_the_head_and_names_the_outputs():
+    names = ["calm", "tense", "very tense"]
+    built = models.build_model(
+        "compact_cnn", task="all", class_names=names, weights=None, image_size=IMAGE
+    )
+    meta = models.model_metadata(built.prediction_model)
+    assert meta["class_names"] == names and meta["num_classes"] == 3
+    outputs = built.prediction_model(np.zeros((2, IMAGE, IMAGE, 3), np.uint8))
+    assert outputs["expression"].shape == (2, 3)
+    crowd = models.build_model(
+        "compact_cnn", class_names=names, target="cv", num_annotators=4, crowd_layer="MW",
+        weights=None, image_size=IMAGE,
+    )  # fmt: skip
+    assert crowd.training_model(np.zeros((1, IMAGE, IMAGE, 3), np.uint8)).shape == (1, 3, 4)
+    with pytest.raises(ValueError, match=r"number of `class_names` \(3\).*num_classes=8"):
+        models.build_model("compact_cnn", class_names=names, num_classes=8, weights=None)
+    with pytest.raises(ValueError, match="two distinct names"):
+        models.build_model("compact_cnn", class_names=["calm", "calm"], weights=None)
+    with pytest.raises(ValueError, match="num_classes=5"):
+        models.build_model("compact_cnn", num_classes=5, weights=None)
+
+
 _LOAD_SCRIPT = """
 import json, sys
 import numpy as np

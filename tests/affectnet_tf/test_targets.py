@@ -123,6 +123,27 @@ def test_all_task_keeps_partial_rows_with_missing_markers():
     np.testing.assert_allclose(targets["arousal"][2], 0.3)
 
 
+def test_a_class_set_of_its_own_keeps_every_class_as_a_label():
+    """10 classes of a crowd folder: codes 8 and 9 are labels there (AffectNet's non-labels
+    only), nothing is dropped as contempt, and the vote runs over all 10."""
+    answers = np.array([[9, 9, 1], [8, 8, -1], [7, 7, 7], [-1, -1, -1]])
+    table = {
+        "file_name": np.array([b"a", b"b", b"c", b"d"]),
+        "crowd_expression": answers,
+        "true_expression": np.array([9, 8, 7, -1]),
+    }
+    majority, keep, classes, extras = build_targets(table, target="mv", num_classes=10)
+    assert majority.tolist() == [9, 8, 7, -1] and keep.tolist() == [True, True, True, False]
+    assert extras["dropped"] == {"expression_no_answers": 1}
+    truth, keep, _, extras = build_targets(table, target="true", num_classes=10)
+    assert truth.tolist() == [9, 8, 7, -1] and keep.tolist() == [True, True, True, False]
+    assert extras["dropped"] == {"expression_not_a_label": 1}
+    soft, _, _, _ = build_targets(table, target="soft", num_classes=10)
+    assert soft.shape == (4, 10) and soft[0, 9] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match=r"crowd_expression holds the class 9.*num_classes=6"):
+        build_targets(table, target="mv", num_classes=6)
+
+
 def test_crowd_target_on_single_label_dataset_is_an_error():
     table = {
         "file_name": np.array([b"x.jpg"]),

@@ -59,3 +59,22 @@ def test_seven_classes_drops_contempt_only():
 def test_expression_names_rejects_other_counts():
     with pytest.raises(ValueError, match="num_classes=5"):
         labels.expression_names(5)
+
+
+def test_class_set_of_affectnet_and_of_a_dataset_of_its_own():
+    assert labels.class_set() == labels.EXPRESSION_NAMES
+    assert labels.class_set(None, 7) == labels.EXPRESSION_NAMES_7
+    # AffectNet's 8 in the package's order, in any case, are AffectNet's (7 drops contempt)
+    shouted = [name.upper() for name in labels.EXPRESSION_NAMES]
+    assert labels.class_set(shouted, 7) == labels.EXPRESSION_NAMES_7
+    own = ("calm", "tense", "très tendu")
+    assert labels.class_set(own) == own and labels.class_set(list(own), 3) == own
+    # the same names in another order are a class set of its own
+    reordered = labels.EXPRESSION_NAMES[::-1]
+    assert labels.class_set(reordered) == reordered
+    with pytest.raises(ValueError, match=r"its own 3 classes \(calm, tense, très tendu\).*=7"):
+        labels.class_set(own, 7)
+    with pytest.raises(ValueError, match=r"8 classes, or 7 without contempt.*num_classes=5"):
+        labels.class_set(None, 5)
+    with pytest.raises(ValueError, match=r"two distinct names.*\['a', 'A'\]"):
+        labels.class_set(["a", "A"])
