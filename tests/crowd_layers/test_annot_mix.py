@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from hand_crowd import ANSWERS, K, R, softmax
 from numpy.testing import assert_allclose
 
 from crowd_layers.annot_mix import (
@@ -17,24 +18,9 @@ from crowd_layers.annot_mix import (
     observed_triples,
 )
 
-K, R, D = 3, 4, 5
+D = 5
 
-# 5 items; item 3 has no answer.
-ANSWERS = np.array(
-    [
-        [0, 0, 1, -1],
-        [2, -1, 2, 1],
-        [-1, -1, 1, -1],
-        [-1, -1, -1, -1],
-        [1, 1, 1, 0],
-    ]
-)
 X = np.arange(len(ANSWERS) * 2, dtype="float32").reshape(-1, 2)
-
-
-def _softmax(z, axis=-1):
-    z = np.exp(z - z.max(axis=axis, keepdims=True))
-    return z / z.sum(axis=axis, keepdims=True)
 
 
 def test_observed_triples_skip_missing_answers():
@@ -176,14 +162,14 @@ def _numpy_performance(layer, probabilities, features, annotators):
         [dense(layer.sample_dense, features), dense(layer.annotator_dense, annotators)], axis=1
     )
     hidden = np.maximum(dense(layer.hidden_dense, embedded), 0.0)
-    confusions = _softmax(dense(layer.output_dense, hidden).reshape(-1, K, K))
+    confusions = softmax(dense(layer.output_dense, hidden).reshape(-1, K, K))
     return np.log(np.einsum("bk,bkj->bj", probabilities, confusions)), confusions
 
 
 def test_performance_output_matches_numpy_and_stops_the_features_gradient():
     layer = _performance(batch_norm=False)
     rng = np.random.default_rng(0)
-    probabilities = _softmax(rng.normal(size=(6, K))).astype("float32")
+    probabilities = softmax(rng.normal(size=(6, K))).astype("float32")
     features = rng.normal(size=(6, D)).astype("float32")
     annotators = np.eye(R, dtype="float32")[[0, 1, 2, 3, 0, 1]] * 0.7 + 0.3 * np.eye(R)[[1] * 6]
     out = np.asarray(layer([probabilities, features, annotators]))
@@ -211,7 +197,7 @@ def test_performance_starts_near_eta_on_the_diagonal():
 
 def test_loss_matches_numpy_and_ignores_rows_without_answer():
     rng = np.random.default_rng(1)
-    log_probs = np.log(_softmax(rng.normal(size=(4, K)))).astype("float32")
+    log_probs = np.log(softmax(rng.normal(size=(4, K)))).astype("float32")
     targets = np.array([[0.7, 0.3, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.2, 0.2, 0.6]])
     expected = -(targets * log_probs).sum(axis=1)[[0, 1, 3]].mean()
     assert_allclose(float(AnnotMixCrossEntropy()(targets, log_probs)), expected, rtol=1e-6)

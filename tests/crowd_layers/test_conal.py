@@ -5,28 +5,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from hand_crowd import ANSWERS, K, R, softmax
 from numpy.testing import assert_allclose
 
 from crowd_layers.conal import CONAL_MIXTURES, ConfusionDifferenceRegularizer, CrowdsCoNAL
 from crowd_layers.losses import MaskedMultiCrossEntropy
 
-K, R, D = 3, 4, 5
-
-# 5 items; item 3 has no answer.
-ANSWERS = np.array(
-    [
-        [0, 0, 1, -1],
-        [2, -1, 2, 1],
-        [-1, -1, 1, -1],
-        [-1, -1, -1, -1],
-        [1, 1, 1, 0],
-    ]
-)
-
-
-def _softmax(z, axis=-1):
-    z = np.exp(z - z.max(axis=axis, keepdims=True))
-    return z / z.sum(axis=axis, keepdims=True)
+D = 5
 
 
 def _unit(v):
@@ -56,7 +41,7 @@ def _numpy_forward(weights, probabilities, features, mixture, logit_scale=1.0):
     annotators = w["annotator_embedding"] + w["annotator_bias"]
     omega = 1.0 / (1.0 + np.exp(-_unit(instance) @ _unit(annotators).T))  # (B, R)
     scaled = logit_scale * w["confusion_logits"]
-    matrices = _softmax(scaled) if mixture == "probabilities" else scaled
+    matrices = softmax(scaled) if mixture == "probabilities" else scaled
     common = probabilities @ matrices[-1]  # (B, J)
     individual = np.einsum("bk,rkj->bjr", probabilities, matrices[:-1])
     mixed = omega[:, None, :] * common[:, :, None] + (1.0 - omega[:, None, :]) * individual
@@ -73,12 +58,12 @@ def _layer(weights=None, **kwargs):
 
 def _inputs(n=5, seed=1):
     rng = np.random.default_rng(seed)
-    probabilities = _softmax(rng.normal(size=(n, K)))
+    probabilities = softmax(rng.normal(size=(n, K)))
     return probabilities.astype("float32"), rng.normal(size=(n, D)).astype("float32")
 
 
 def _numpy_cross_entropy(logits, answers):
-    log_probs = np.log(_softmax(logits, axis=1))
+    log_probs = np.log(softmax(logits, axis=1))
     terms = [-log_probs[i, a, r] for (i, r), a in np.ndenumerate(answers) if a >= 0]
     return float(np.mean(terms))
 
@@ -147,7 +132,7 @@ def test_difference_regularizer_matches_numpy(mixture):
     logits = _hand_weights()["confusion_logits"]
     regularizer = ConfusionDifferenceRegularizer(0.3, mixture=mixture, logit_scale=2.0)
     matrices = 2.0 * logits
-    matrices = _softmax(matrices) if mixture == "probabilities" else matrices
+    matrices = softmax(matrices) if mixture == "probabilities" else matrices
     norms = np.linalg.norm((matrices[:-1] - matrices[-1:]).reshape(R, -1), axis=1)
     assert_allclose(float(regularizer(logits.astype("float32"))), -0.3 * norms.sum(), rtol=1e-5)
     config = regularizer.get_config()
@@ -192,7 +177,7 @@ def test_code_start_equals_its_diagonal_probability_in_the_logits_mixture():
         layer.set_weights(
             [layer.confusion_logits.numpy()] + [weights[n] for n in list(weights)[1:]]
         )
-        outputs.append(_softmax(np.asarray(layer([probabilities, features])), axis=1))
+        outputs.append(softmax(np.asarray(layer([probabilities, features])), axis=1))
     assert_allclose(outputs[0], outputs[1], rtol=1e-5)
 
 

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from hand_crowd import ANSWERS, K, R
 from numpy.testing import assert_allclose
 
 import crowd_layers
@@ -20,19 +21,6 @@ from crowd_layers import (
     majority_vote_confusions,
     masked_gaussian_nll,
     pooled_crowd_nll,
-)
-
-K, R = 3, 4
-
-# Hand-built crowd: 5 items; item 2 has one answer, item 3 none, item 4 answered by all.
-ANSWERS = np.array(
-    [
-        [0, 0, 1, -1],
-        [2, -1, 2, 1],
-        [-1, -1, 1, -1],
-        [-1, -1, -1, -1],
-        [1, 1, 1, 0],
-    ]
 )
 
 
