@@ -219,15 +219,11 @@ def build_model(
     Args:
         model: backbone name, a key of :data:`affectnet_tf.modeling.backbones.BACKBONES`.
         task: ``exp``, ``aro``, ``val``, ``va`` or ``all``.
-        num_classes: 8 (default), or 7 (without contempt) of AffectNet's classes; with
-            ``class_names``, their count (or None).
-        class_names: the classes of the expression head in output order (a dataset's own,
-            such as a ``crowd_images`` folder's; default AffectNet's, ``num_classes`` of them).
+        num_classes: 8 (default) or 7 (no contempt) of AffectNet's; None with ``class_names``.
+        class_names: the expression classes in output order (a crowd folder's own, say).
         target: the expression training target; ``"cv"`` adds a crowd layer to that head.
-        va_target: the valence/arousal target (default: ``"cv"`` when ``target`` is, else a
-            single value); ``"cv"`` adds crowd layers to those heads. Each head's own target
-            decides, so ``target="mv", va_target="cv"`` trains expression on the majority vote
-            and valence/arousal through crowd layers.
+        va_target: the valence/arousal target (default ``"cv"`` when ``target`` is, else a
+            single value): each head's own target decides whether it has a crowd layer.
         num_annotators: number of annotators (needed for any ``cv`` head).
         crowd_layer: expression crowd layer (:data:`CROWD_LAYERS`): ``pooled`` (default,
             :class:`crowd_layers.CrowdsPooled` with :class:`crowd_layers.PooledCrowdLikelihood`),
@@ -241,8 +237,7 @@ def build_model(
         va_crowd_starts: optional ``{head: fitted crowd_layers.LatentTruthRegression}``
             that a ``latent`` head starts from (scales, biases, noise, answer counts).
         init_confusions: optional ``(num_annotators, K, K)`` row-stochastic matrices that a
-            confusion crowd layer (:data:`CONFUSION_CROWD_LAYERS`) starts from (e.g.
-            Dawid-Skene's ``confusions_``).
+            confusion crowd layer starts from (e.g. Dawid-Skene's ``confusions_``).
         weights: ``"imagenet"``, ``None`` or a weights file of the backbone.
         image_size: model input side (default: the backbone's default size).
         dropout: dropout rate before the heads.
