@@ -532,6 +532,21 @@ def test_one_head_models_answer_bare_values(tmp_path, images):
         assert list(outputs) == ["expression"]
 
 
+def test_a_class_set_of_its_own_is_served_in_its_names(images):
+    names = ["calme", "très tendu", "bored, tired"]
+    built = affectnet_tf.build_model(
+        "compact_cnn_small", class_names=names, weights=None, image_size=SIZE, dropout=0.0
+    )
+    with serve.ServerThread(serve.make_app(built.prediction_model, "own")) as running:
+        url = f"{running.url}/v1/models/own:predict"
+        status, answer = _request(url, {"instances": [_b64(_encode(images[2]))]})
+        assert status == 200 and np.shape(answer["predictions"]) == (1, 3)
+        status, metadata = _request(f"{running.url}/v1/models/own/metadata")
+        assert status == 200 and metadata["affectnet_tf"]["class_names"] == names
+        outputs = metadata["metadata"]["signature_def"]["signature_def"]["images"]["outputs"]
+        assert outputs["expression"]["tensor_shape"]["dim"][-1]["size"] == "3"
+
+
 @pytest.fixture(scope="module")
 def face_server(model):
     # large images from 600000 pixels (the default: 1600 x 1600), seen by MTCNN at 640 (the
