@@ -84,8 +84,8 @@ def class_set(dataset_classes=None, num_classes=None):
     """The classes a model of a dataset learns, in output order.
 
     Args:
-        dataset_classes: the dataset's own class names (a ``crowd_images`` folder's
-            ``classes.txt``), or None for AffectNet's (every other dataset of the package).
+        dataset_classes: the dataset's (or a model's) own class names (a ``crowd_images``
+            folder's ``classes.txt``), or None for AffectNet's (every other dataset).
             AffectNet's 8 in the package's order (case aside) count as AffectNet's.
         num_classes: None (all of the dataset's classes), 8, or 7 to drop contempt from
             AffectNet's; a dataset with another class set takes its own count only.
@@ -113,8 +113,8 @@ def class_set(dataset_classes=None, num_classes=None):
         )
     if num_classes is not None and int(num_classes) != len(own):
         raise ValueError(
-            f"This dataset has its own {len(own)} classes ({', '.join(own)}); num_classes can "
-            "only be their count (7 drops contempt from AffectNet's 8 only). "
+            f"A class set of its own, {len(own)} classes ({', '.join(own)}), takes "
+            f"num_classes={len(own)} or None (7 drops contempt from AffectNet's 8 only). "
             f"Received: num_classes={num_classes}"
         )
     return own

@@ -1,8 +1,9 @@
 """The cut of a split into the three data roles: ``train``, ``selection`` and ``test``.
 
 The cut is stratified by each image's majority vote over all its dataset's classes (or its
-single label) and seeded (:class:`Partition`); it depends on the file names, the labels and the seed only, so a run, its
-resumption and its evaluation all see the same images in each role.
+single label) and seeded (:class:`Partition`); it depends on the file names, the labels and
+the seed only, so a run, its resumption and its evaluation all see the same images in each
+role.
 """
 
 import dataclasses

@@ -208,9 +208,9 @@ def _check_arguments(table, task, target, va_target, num_classes):
         raise ValueError(f"`num_classes` must be an integer. Received: num_classes={num_classes!r}")
     if num_classes < 2:
         raise ValueError(f"`num_classes` must be at least 2. Received: num_classes={num_classes}")
-    for key in ("crowd_expression", "true_expression"):
+    for key in ("crowd_expression", "true_expression") if num_classes not in (7, 8) else ():
         codes = np.asarray(table.get(key, ()), np.int64)
-        if num_classes not in (7, 8) and codes.size and codes.max() >= num_classes:
+        if codes.size and codes.max() >= num_classes:
             raise ValueError(
                 f"`num_classes` must count every class of the dataset, and {key} holds the "
                 f"class {int(codes.max())} (AffectNet's classes: 8, or 7 without contempt). "
@@ -302,7 +302,8 @@ def crowd_answers(
 ):
     """The answer matrix ``(N, R)`` of the images ``make_dataset`` trains on with
     ``target="cv"``: the same split, subset and class set (``num_classes`` as there: None for
-    the dataset's own; with AffectNet's 7, contempt answers are no answers). For aggregators, or to initialise crowd layers.
+    all the dataset's; with AffectNet's 7, contempt answers are no answers). For aggregators,
+    or to initialise crowd layers.
 
     ``head``: ``"expression"`` (integers, -1: no answer), ``"valence"`` or ``"arousal"``
     (floats, NaN: no answer; the images with an answer of that head).

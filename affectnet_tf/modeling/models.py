@@ -71,24 +71,6 @@ def _check_choice(value, choices, name):
         raise ValueError(f"`{name}` must be one of {tuple(choices)}. Received: {name}={value!r}")
 
 
-def _class_names(num_classes, class_names):
-    """The expression head's classes: AffectNet's 8 or 7, or ``class_names`` (checked)."""
-    if class_names is None:
-        _check_choice(8 if num_classes is None else num_classes, (7, 8), "num_classes")
-        return labels.expression_names(8 if num_classes is None else num_classes)
-    names = tuple(str(name) for name in class_names)
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise ValueError(
-            f"`class_names` must hold at least two distinct names. Received: {list(names)}"
-        )
-    if num_classes is not None and num_classes != len(names):
-        raise ValueError(
-            f"`num_classes` must be the number of `class_names` ({len(names)}). "
-            f"Received: num_classes={num_classes}"
-        )
-    return names
-
-
 def _check_crowd_arguments(
     crowd_heads, num_annotators, crowd_layer, va_crowd_layer, init_confusions
 ):
@@ -248,7 +230,7 @@ def build_model(
         layers the training model is the prediction model.
     """
     _check_choice(task, TASK_HEADS, "task")
-    class_names = _class_names(num_classes, class_names)
+    class_names = labels.class_set(class_names, num_classes)
     num_classes = len(class_names)
     heads = TASK_HEADS[task]
     va_target = va_target or ("cv" if target == "cv" else "mean")

@@ -151,7 +151,7 @@ def test_front_door_errors(folders, tmp_path):
         data_roles(RunConfig.from_dict(_settings(folders, tmp_path, manual_dir=None)))
     own = tmp_path / "own classes"
     make_crowd_folder.make_crowd_folder(own, num_images=8, class_names=["calm", "tense", "sad"])
-    with pytest.raises(ValueError, match=r"own classes.*its own 3 classes \(calm, tense, sad\)"):
+    with pytest.raises(ValueError, match=r"own classes.*own, 3 classes \(calm, tense, sad\)"):
         data_roles(
             RunConfig.from_dict(_settings(folders, tmp_path, manual_dir=str(own), num_classes=7))
         )
